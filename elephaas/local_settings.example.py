@@ -1,0 +1,73 @@
+"""Copy to elephaas/local_settings.py to override settings in Python.
+
+Normally you do not need this file: every setting below is read from an environment
+variable (see README.md, "Settings"), and variables ending in _FILE name a file holding a
+secret. Use local_settings.py only for what an environment variable cannot express.
+Values shown are the defaults.
+"""
+
+# --- Django ----------------------------------------------------------------------------
+# ELEPHAAS_SECRET_KEY / ELEPHAAS_SECRET_KEY_FILE   (required)
+# ELEPHAAS_DEBUG=false
+# ELEPHAAS_ALLOWED_HOSTS=127.0.0.1,localhost
+# ELEPHAAS_CSRF_TRUSTED_ORIGINS=
+# ELEPHAAS_TIME_ZONE=UTC
+# ELEPHAAS_STATIC_ROOT=<repo>/staticfiles
+# ELEPHAAS_LOG_LEVEL=INFO
+# ELEPHAAS_ENV_FILE=<repo>/.lab/elephaas.env   (KEY=VALUE lines; never overrides the env)
+
+# --- Metadata database -----------------------------------------------------------------
+# ELEPHAAS_DB_HOST=127.0.0.1
+# ELEPHAAS_DB_PORT=54329
+# ELEPHAAS_DB_NAME=elephaas
+# ELEPHAAS_DB_USER=elephaas
+# ELEPHAAS_DB_PASSWORD / ELEPHAAS_DB_PASSWORD_FILE
+# ELEPHAAS_DB_CONN_MAX_AGE=60
+# ELEPHAAS_DB_CONNECT_TIMEOUT=5
+
+# --- Celery ----------------------------------------------------------------------------
+# ELEPHAAS_BROKER_URL=redis://127.0.0.1:6390/0
+# ELEPHAAS_RESULT_BACKEND=<the broker URL>
+# ELEPHAAS_WORKER_CONCURRENCY=16
+# ELEPHAAS_JOB_LOCK_WAIT=30       seconds a job waits for a busy target
+# ELEPHAAS_JOB_HEARTBEAT=2        seconds between heartbeats of a running job
+# ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
+# ELEPHAAS_JOB_TIME_LIMIT=3600
+
+# --- SSH -------------------------------------------------------------------------------
+# ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
+# ELEPHAAS_SSH_USER=postgres
+# ELEPHAAS_SSH_PORT=22
+# ELEPHAAS_SSH_CONNECT_TIMEOUT=10
+# ELEPHAAS_SSH_COMMAND_TIMEOUT=600
+# ELEPHAAS_SSH_KEEPALIVE=15
+
+# --- Managed instances (the probe) ------------------------------------------------------
+# ELEPHAAS_PG_USER=elephaas
+# ELEPHAAS_PG_PASSWORD / ELEPHAAS_PG_PASSWORD_FILE
+# ELEPHAAS_PG_DATABASE=postgres
+# ELEPHAAS_PG_CONNECT_TIMEOUT=5
+
+# --- DNS (RFC 2136 + TSIG) --------------------------------------------------------------
+# ELEPHAAS_DNS_SERVER=127.0.0.1
+# ELEPHAAS_DNS_PORT=5300
+# ELEPHAAS_DNS_ZONE=lab.elephaas.test.
+# ELEPHAAS_DNS_TSIG_NAME=elephaas-lab
+# ELEPHAAS_DNS_TSIG_ALGORITHM=hmac-sha256
+# ELEPHAAS_DNS_TSIG_SECRET / ELEPHAAS_DNS_TSIG_SECRET_FILE
+# ELEPHAAS_DNS_RECORD_TYPE=CNAME   (or A)
+# ELEPHAAS_DNS_TTL=30
+# ELEPHAAS_DNS_TIMEOUT=5
+
+# --- LDAP (empty URI: local users only) ---------------------------------------------------
+# ELEPHAAS_LDAP_URI=
+# ELEPHAAS_LDAP_BIND_DN=
+# ELEPHAAS_LDAP_BIND_PASSWORD / ELEPHAAS_LDAP_BIND_PASSWORD_FILE
+# ELEPHAAS_LDAP_USER_BASE=ou=people,dc=elephaas,dc=test
+# ELEPHAAS_LDAP_USER_FILTER=(uid=%(user)s)
+# ELEPHAAS_LDAP_GROUP_BASE=ou=groups,dc=elephaas,dc=test
+# ELEPHAAS_LDAP_START_TLS=false
+# ELEPHAAS_LDAP_TIMEOUT=5
+
+# Example of an override that needs Python:
+# LOGGING["loggers"]["elephaas.audit"] = {"handlers": ["console"], "level": "INFO"}

@@ -1,0 +1,170 @@
+"""ElepHaaS settings.
+
+Every value comes from an environment variable (read through the typed helpers in
+envconf), with a default that works on the lab; `elephaas/local_settings.py`, if present,
+may override anything. Every variable is listed with its default in
+`elephaas/local_settings.example.py` and in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .envconf import envbool, envfloat, envint, envlist, envsecret, envstr, load_env_file
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# The lab writes its addresses and secret-file paths here; real deployments set the
+# variables in their unit files (debian/) and have no such file.
+load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", BASE_DIR / ".lab" / "elephaas.env")))
+
+DEBUG = envbool("ELEPHAAS_DEBUG", False)
+SECRET_KEY = envsecret("ELEPHAAS_SECRET_KEY")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "ELEPHAAS_SECRET_KEY (or ELEPHAAS_SECRET_KEY_FILE) is not set; "
+        "on a development machine run `python -m lab up`, which writes one"
+    )
+ALLOWED_HOSTS = envlist("ELEPHAAS_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = envlist("ELEPHAAS_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "herds",
+    "instances",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "elephaas.urls"
+WSGI_APPLICATION = "elephaas.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Metadata database (ElepHaaS's own PostgreSQL) -------------------------------------
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": envstr("ELEPHAAS_DB_HOST", "127.0.0.1"),
+        "PORT": envint("ELEPHAAS_DB_PORT", 54329, 1, 65535),
+        "NAME": envstr("ELEPHAAS_DB_NAME", "elephaas"),
+        "USER": envstr("ELEPHAAS_DB_USER", "elephaas"),
+        "PASSWORD": envsecret("ELEPHAAS_DB_PASSWORD"),
+        "CONN_MAX_AGE": envint("ELEPHAAS_DB_CONN_MAX_AGE", 60, 0),
+        "OPTIONS": {"connect_timeout": envint("ELEPHAAS_DB_CONNECT_TIMEOUT", 5, 1)},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("ELEPHAAS_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(envstr("ELEPHAAS_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+# --- Celery (broker: Redis) -------------------------------------------------------------
+CELERY_BROKER_URL = envstr("ELEPHAAS_BROKER_URL", "redis://127.0.0.1:6390/0")
+CELERY_RESULT_BACKEND = envstr("ELEPHAAS_RESULT_BACKEND", CELERY_BROKER_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# A job is acknowledged only once its task returns, so a worker killed mid-job hands the
+# message back to the broker; the task's claim step then sees the job is not `queued`
+# and marks it failed instead of silently running it twice.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_EXPIRES = 3600
+WORKER_CONCURRENCY = envint("ELEPHAAS_WORKER_CONCURRENCY", 16, 1, 512)
+# Jobs: how long a job waits for a busy target, how often a running job beats, and after
+# how long without a beat it is declared lost (its worker died) and failed.
+JOB_LOCK_WAIT = envfloat("ELEPHAAS_JOB_LOCK_WAIT", 30.0, 0)
+JOB_HEARTBEAT = envfloat("ELEPHAAS_JOB_HEARTBEAT", 2.0, 0.1)
+JOB_LOST_AFTER = envfloat("ELEPHAAS_JOB_LOST_AFTER", 60.0, 1)
+JOB_TIME_LIMIT = envint("ELEPHAAS_JOB_TIME_LIMIT", 3600, 10)
+
+# --- SSH to managed servers -------------------------------------------------------------
+SSH_PRIVATE_KEY = envstr("ELEPHAAS_SSH_KEY", "/etc/elephaas/id_ed25519")
+SSH_DEFAULT_USER = envstr("ELEPHAAS_SSH_USER", "postgres")
+SSH_DEFAULT_PORT = envint("ELEPHAAS_SSH_PORT", 22, 1, 65535)
+SSH_CONNECT_TIMEOUT = envfloat("ELEPHAAS_SSH_CONNECT_TIMEOUT", 10.0, 0.1)
+SSH_COMMAND_TIMEOUT = envfloat("ELEPHAAS_SSH_COMMAND_TIMEOUT", 600.0, 0.1)
+SSH_KEEPALIVE = envint("ELEPHAAS_SSH_KEEPALIVE", 15, 0)
+
+# --- Connections to managed PostgreSQL instances (the probe) ---------------------------
+PG_PROBE_USER = envstr("ELEPHAAS_PG_USER", "elephaas")
+PG_PROBE_PASSWORD = envsecret("ELEPHAAS_PG_PASSWORD")
+PG_PROBE_DATABASE = envstr("ELEPHAAS_PG_DATABASE", "postgres")
+PG_PROBE_CONNECT_TIMEOUT = envint("ELEPHAAS_PG_CONNECT_TIMEOUT", 5, 1)
+
+# --- DNS (RFC 2136 updates signed with TSIG) -------------------------------------------
+DNS_SERVER = envstr("ELEPHAAS_DNS_SERVER", "127.0.0.1")
+DNS_PORT = envint("ELEPHAAS_DNS_PORT", 5300, 1, 65535)
+DNS_ZONE = envstr("ELEPHAAS_DNS_ZONE", "lab.elephaas.test.")
+DNS_TSIG_NAME = envstr("ELEPHAAS_DNS_TSIG_NAME", "elephaas-lab")
+DNS_TSIG_ALGORITHM = envstr("ELEPHAAS_DNS_TSIG_ALGORITHM", "hmac-sha256")
+DNS_TSIG_SECRET = envsecret("ELEPHAAS_DNS_TSIG_SECRET")
+DNS_RECORD_TYPE = envstr("ELEPHAAS_DNS_RECORD_TYPE", "CNAME")
+DNS_TTL = envint("ELEPHAAS_DNS_TTL", 30, 0)
+DNS_TIMEOUT = envfloat("ELEPHAAS_DNS_TIMEOUT", 5.0, 0.1)
+
+# --- LDAP (empty URI: local users only) ------------------------------------------------
+LDAP_URI = envstr("ELEPHAAS_LDAP_URI", "")
+LDAP_BIND_DN = envstr("ELEPHAAS_LDAP_BIND_DN", "")
+LDAP_BIND_PASSWORD = envsecret("ELEPHAAS_LDAP_BIND_PASSWORD")
+LDAP_USER_BASE = envstr("ELEPHAAS_LDAP_USER_BASE", "ou=people,dc=elephaas,dc=test")
+LDAP_USER_FILTER = envstr("ELEPHAAS_LDAP_USER_FILTER", "(uid=%(user)s)")
+LDAP_GROUP_BASE = envstr("ELEPHAAS_LDAP_GROUP_BASE", "ou=groups,dc=elephaas,dc=test")
+LDAP_START_TLS = envbool("ELEPHAAS_LDAP_START_TLS", False)
+LDAP_TIMEOUT = envint("ELEPHAAS_LDAP_TIMEOUT", 5, 1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("ELEPHAAS_LOG_LEVEL", "INFO")},
+    "loggers": {"paramiko": {"level": "WARNING"}},
+}
+
+try:
+    from .local_settings import *  # noqa: F403
+except ImportError:
+    pass

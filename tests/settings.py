@@ -1,0 +1,24 @@
+"""Settings for the test run: the lab's services, a separate broker database.
+
+The test worker (tests/conftest.py) is started with these settings too, pointed at the
+test database that pytest-django creates, so a task enqueued by a test is executed by a
+real worker against the same rows the test sees. Broker database 15 keeps test tasks away
+from the demo's worker.
+"""
+
+import os
+
+from elephaas.settings import *  # noqa: F403
+from elephaas.settings import DATABASES
+
+CELERY_BROKER_URL = os.environ.get("ELEPHAAS_TEST_BROKER_URL", "redis://127.0.0.1:6390/15")
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+DATABASES["default"]["TEST"] = {"NAME": "test_elephaas"}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Short waits so that lock conflicts, cancels and lost workers show up in seconds; the
+# test worker runs with these settings too.
+JOB_LOCK_WAIT = 3.0
+JOB_HEARTBEAT = 0.5
+JOB_LOST_AFTER = 10.0
