@@ -1,0 +1,289 @@
+"""Admin for environments, herds and DR pairs.
+
+List pages read only annotated or prefetched data, so they cost the same number of
+queries for 10 herds as for 10,000 (tests/herds/test_admin.py).
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Prefetch, Q, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from herds.models import DRCandidate, DRPair, Environment, Herd
+from instances.admin import RED, badge, format_bytes, online_badge
+from instances.models import Instance, Role, Server, correlated_count
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(admin.ModelAdmin):
+    list_display = ("name", "description", "herd_count", "server_count")
+    list_filter = ()
+    search_fields = ("name", "description")
+    list_select_related = ()
+    list_per_page = 100
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Environment]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _herd_count=correlated_count(Herd.objects.all(), "environment"),
+                _server_count=correlated_count(Server.objects.all(), "environment"),
+            )
+        )
+
+    @admin.display(description="herds", ordering="_herd_count")
+    def herd_count(self, environment: Environment) -> int:
+        return environment._herd_count
+
+    @admin.display(description="servers", ordering="_server_count")
+    def server_count(self, environment: Environment) -> int:
+        return environment._server_count
+
+
+def split_brain_flag(herd: Herd) -> str:
+    if not herd.split_brain:
+        return ""
+    return badge(f"SPLIT-BRAIN: {herd.online_primaries} online primaries", RED)
+
+
+class InstanceInline(admin.TabularInline):
+    """The herd's instances, read-only: topology is edited on each instance's own page."""
+
+    model = Instance
+    fk_name = "herd"
+    fields = ("server", "port", "role", "upstream", "online", "lag_bytes", "last_checked")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("role", "server__hostname")
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Instance]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("herd", "server", "upstream__herd", "upstream__server")
+        )
+
+
+class DRCandidateInline(admin.TabularInline):
+    """Acknowledge which replicas may be promoted in a DR failover; the author is recorded."""
+
+    model = DRCandidate
+    fields = ("instance", "priority", "note", "acknowledged_by", "acknowledged_at")
+    readonly_fields = ("acknowledged_by", "acknowledged_at")
+    extra = 0
+    verbose_name_plural = "DR candidates (replicas acknowledged for DR failover)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DRCandidate]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("instance__herd", "instance__server", "acknowledged_by")
+        )
+
+    def formfield_for_foreignkey(self, db_field, request: HttpRequest, **kwargs):
+        if db_field.name == "instance":
+            herd_id = request.resolver_match.kwargs.get("object_id") if request else None
+            # Only this herd's replicas can be candidates; on the add page there are none.
+            # An existing candidate stays listed even if it is no longer a replica (after
+            # a failover), so that DRCandidate.clean() can say why it must be withdrawn.
+            herd_id = herd_id if herd_id and herd_id.isdigit() else None
+            kwargs["queryset"] = (
+                Instance.objects.filter(herd_id=herd_id)
+                .filter(Q(role=Role.REPLICA) | Q(dr_candidacy__isnull=False))
+                .select_related("herd", "server")
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+@admin.register(Herd)
+class HerdAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "environment",
+        "port",
+        "pg_version",
+        "vhost",
+        "primary_column",
+        "replica_count_column",
+        "split_brain_column",
+        "instances_link",
+    )
+    list_filter = ("environment", "pg_version")
+    search_fields = ("name", "vhost", "ro_vhost", "cluster_name", "owner")
+    list_select_related = ("environment",)
+    list_per_page = 100
+    ordering = ("name",)
+    change_form_template = "admin/herds/herd/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("name", "environment", "description", "owner")}),
+        ("PostgreSQL", {"fields": ("pg_version", "port", "data_root", "cluster_name")}),
+        ("DNS", {"fields": ("vhost", "ro_vhost")}),
+        ("Recent jobs", {"fields": ("recent_jobs",)}),
+    )
+    inlines = [InstanceInline, DRCandidateInline]
+
+    @admin.display(description="recent jobs")
+    def recent_jobs(self, herd: Herd) -> str:
+        if herd.pk is None:
+            return "—"
+        from django.db.models import Q
+
+        from instances.admin_jobs import recent_jobs_html
+        from instances.models import Job
+
+        return recent_jobs_html(Job.objects.filter(Q(herd=herd) | Q(instance__herd=herd)))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Herd]:
+        return super().get_queryset(request).with_summary()
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Herd | None = None):
+        # Fixed at creation (see Herd.save): it is the name of a cluster on disk.
+        return ("cluster_name", "recent_jobs") if obj is not None else ("recent_jobs",)
+
+    @admin.display(description="primary", ordering="primary_address")
+    def primary_column(self, herd: Herd) -> str:
+        return herd.primary_address or "—"
+
+    @admin.display(description="replicas", ordering="replica_count")
+    def replica_count_column(self, herd: Herd) -> int:
+        return herd.replica_count
+
+    @admin.display(description="split-brain", ordering="online_primary_count")
+    def split_brain_column(self, herd: Herd) -> str:
+        return split_brain_flag(herd)
+
+    @admin.display(description="instances")
+    def instances_link(self, herd: Herd) -> str:
+        url = reverse("admin:instances_instance_changelist")
+        return format_html('<a href="{}?herd__id__exact={}">instances</a>', url, herd.pk)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url="", extra_context=None):
+        herd = self.get_object(request, object_id)
+        primaries = []
+        if herd is not None and herd.split_brain:
+            primaries = [instance for instance in herd.primaries() if instance.online]
+        extra_context = {**(extra_context or {}), "split_brain_primaries": primaries}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_formset(self, request: HttpRequest, form, formset, change: bool) -> None:
+        if formset.model is DRCandidate:
+            candidates = formset.save(commit=False)
+            for candidate in candidates:
+                # Changing a candidate's instance or priority is a new decision: record
+                # who made it and when.
+                candidate.acknowledged_by = request.user
+                candidate.acknowledged_at = timezone.now()
+                candidate.save()
+            for candidate in formset.deleted_objects:
+                candidate.delete()
+            formset.save_m2m()
+            return
+        super().save_formset(request, form, formset, change)
+
+
+@admin.register(DRPair)
+class DRPairAdmin(admin.ModelAdmin):
+    """Every herd with a primary and at least one replica, as the original ElepHaaS listed.
+
+    Read-only: DR candidates are acknowledged on the herd's page.
+    """
+
+    list_display = (
+        "herd_link",
+        "environment",
+        "primary_column",
+        "replicas_column",
+        "dr_candidates_column",
+        "split_brain_column",
+    )
+    list_display_links = None
+    list_filter = ("environment",)
+    search_fields = ("name", "vhost")
+    list_select_related = ("environment",)
+    list_per_page = 100
+    ordering = ("name",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Herd]:
+        # Two prefetch queries per page whatever its size: replicas and candidates of the
+        # page's herds only.
+        replicas = (
+            Instance.objects.filter(role=Role.REPLICA)
+            .select_related("server")
+            .order_by("server__hostname", "port")
+        )
+        candidates = DRCandidate.objects.select_related("instance__server", "acknowledged_by")
+        return (
+            super()
+            .get_queryset(request)
+            .dr_pairs()
+            .with_summary()
+            .prefetch_related(
+                Prefetch("instances", queryset=replicas, to_attr="replica_list"),
+                Prefetch("dr_candidates", queryset=candidates, to_attr="candidate_list"),
+            )
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="herd", ordering="name")
+    def herd_link(self, herd: Herd) -> str:
+        url = reverse("admin:herds_herd_change", args=[herd.pk])
+        return format_html('<a href="{}">{}</a>', url, herd.name)
+
+    @admin.display(description="primary", ordering="primary_address")
+    def primary_column(self, herd: Herd) -> str:
+        return herd.primary_address or "—"
+
+    @admin.display(description="replicas")
+    def replicas_column(self, herd: Herd) -> str:
+        def lag(instance: Instance) -> str:
+            return format_bytes(instance.lag_bytes) if instance.lag_bytes is not None else "?"
+
+        return format_html_join(
+            mark_safe("<br>"),
+            "{} {} (lag {})",
+            (
+                (online_badge(instance.online), instance.address, lag(instance))
+                for instance in herd.replica_list
+            ),
+        )
+
+    @admin.display(description="DR candidates")
+    def dr_candidates_column(self, herd: Herd) -> str:
+        if not herd.candidate_list:
+            return badge("none acknowledged", RED)
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}. {} <small>(by {}, {})</small>",
+            (
+                (
+                    candidate.priority,
+                    candidate.instance.address,
+                    candidate.acknowledged_by or "unknown",
+                    candidate.acknowledged_at.date(),
+                )
+                for candidate in herd.candidate_list
+            ),
+        )
+
+    @admin.display(description="split-brain", ordering="online_primary_count")
+    def split_brain_column(self, herd: Herd) -> str:
+        return split_brain_flag(herd)

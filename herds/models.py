@@ -1,0 +1,304 @@
+"""Environments, herds (replication groups) and their DR candidates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Cast, Coalesce, Concat
+from django.utils import timezone
+
+from instances.choices import Role
+from instances.validators import (
+    validate_absolute_path,
+    validate_dns_name,
+    validate_identifier,
+    validate_pg_version,
+    validate_port,
+    validate_slug_name,
+)
+
+if TYPE_CHECKING:
+    from instances.models import Instance
+
+DEFAULT_DATA_ROOT = "/var/lib/postgresql"
+DEFAULT_PORT = 5432
+
+
+class Environment(models.Model):
+    """dev, stage, prod, dr-site…: a group of servers and herds."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[validate_slug_name])
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _instance_model() -> type[Instance]:
+    # Imported when called: instances.models refers to herds.Herd, and the two apps load
+    # in either order.
+    from instances.models import Instance
+
+    return Instance
+
+
+def _instances(**filters) -> models.QuerySet:
+    return _instance_model().objects.filter(herd=OuterRef("pk"), **filters).order_by()
+
+
+def _count_of(**filters) -> Coalesce:
+    from instances.models import correlated_count
+
+    return correlated_count(_instance_model().objects.filter(**filters), "herd")
+
+
+class HerdQuerySet(models.QuerySet):
+    def with_summary(self) -> HerdQuerySet:
+        """Primary, replica count and split-brain count for list pages, in the same query.
+
+        Correlated subqueries rather than JOIN + GROUP BY: PostgreSQL evaluates them only
+        for the rows of the page, so a page of 100 herds costs the same with 2,000 herds.
+        """
+        primary = (
+            _instances(role=Role.PRIMARY)
+            # With two primaries recorded, show the one that answers: it is the one
+            # clients reach.
+            .order_by(F("online").desc(nulls_last=True), "pk")
+            .annotate(
+                address=Concat(
+                    "server__hostname",
+                    Value(":"),
+                    Cast("port", models.CharField()),
+                    output_field=models.CharField(),
+                )
+            )
+            .values("address")[:1]
+        )
+        return self.annotate(
+            primary_address=Subquery(primary, output_field=models.CharField()),
+            replica_count=_count_of(role=Role.REPLICA),
+            online_primary_count=_count_of(role=Role.PRIMARY, online=True),
+        )
+
+    def dr_pairs(self) -> HerdQuerySet:
+        """Herds with a primary and at least one replica: the ones a DR failover concerns."""
+        return self.filter(
+            Exists(_instances(role=Role.PRIMARY)), Exists(_instances(role=Role.REPLICA))
+        )
+
+    def split_brain(self) -> HerdQuerySet:
+        return self.with_summary().filter(online_primary_count__gt=1)
+
+
+class Herd(models.Model):
+    """One replication group: a logical database served by a primary and its replicas."""
+
+    name = models.CharField(
+        max_length=63,
+        validators=[validate_identifier],
+        help_text="Letters, digits, “_” and “-”, starting with a letter.",
+    )
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="herds")
+    description = models.TextField(blank=True)
+    port = models.PositiveIntegerField(default=DEFAULT_PORT, validators=[validate_port])
+    data_root = models.CharField(
+        max_length=255,
+        default=DEFAULT_DATA_ROOT,
+        validators=[validate_absolute_path],
+        help_text="Instances keep their data in {data root}/{version}/{cluster name} "
+        "unless they set their own data directory.",
+    )
+    pg_version = models.PositiveSmallIntegerField(
+        "PostgreSQL version", validators=[validate_pg_version], help_text="Major version, e.g. 15."
+    )
+    cluster_name = models.CharField(
+        max_length=63,
+        blank=True,
+        validators=[validate_identifier],
+        help_text="Debian cluster name (pg_lsclusters); blank: the herd's name.",
+    )
+    vhost = models.CharField(
+        "vhost",
+        max_length=253,
+        blank=True,
+        validators=[validate_dns_name],
+        help_text="DNS name applications use to reach the primary.",
+    )
+    ro_vhost = models.CharField(
+        "read-only vhost",
+        max_length=253,
+        blank=True,
+        validators=[validate_dns_name],
+        help_text="Optional DNS name for read-only traffic, pointed at a replica.",
+    )
+    owner = models.CharField(
+        max_length=200, blank=True, help_text="Team or application that owns this database."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = HerdQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "name"],
+                name="herd_unique_name_per_environment",
+                violation_error_message="This environment already has a herd with this name.",
+            ),
+            # One DNS name can point at one primary only.
+            models.UniqueConstraint(
+                fields=["vhost"],
+                condition=~Q(vhost=""),
+                name="herd_unique_vhost",
+                violation_error_message="Another herd already uses this vhost.",
+            ),
+            models.UniqueConstraint(
+                fields=["ro_vhost"],
+                condition=~Q(ro_vhost=""),
+                name="herd_unique_ro_vhost",
+                violation_error_message="Another herd already uses this read-only vhost.",
+            ),
+            models.CheckConstraint(
+                condition=Q(port__gte=1, port__lte=65535),
+                name="herd_port_range",
+                violation_error_message="The port must be between 1 and 65535.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_cluster_name(self) -> str:
+        return self.cluster_name or self.name
+
+    @property
+    def online_primaries(self) -> int:
+        """Instances recorded as primary and online; uses with_summary()'s count if present."""
+        annotated = self.__dict__.get("online_primary_count")
+        if annotated is not None:
+            return annotated
+        if self.pk is None:
+            return 0
+        return self.instances.filter(role=Role.PRIMARY, online=True).count()
+
+    @property
+    def split_brain(self) -> bool:
+        """Two or more online primaries: clients may be writing to both.
+
+        Recording it is allowed (the inventory must say what is true), but every page
+        showing the herd flags it, and operations must refuse to act until a DBA fences one.
+        """
+        return self.online_primaries > 1
+
+    def primaries(self) -> list[Instance]:
+        """Recorded primaries, online ones first: more than one only in trouble."""
+        return list(
+            self.instances.filter(role=Role.PRIMARY)
+            .select_related("server")
+            .order_by(F("online").desc(nulls_last=True), "pk")
+        )
+
+    @property
+    def primary(self) -> Instance | None:
+        primaries = self.primaries()
+        return primaries[0] if primaries else None
+
+    def replicas(self) -> list[Instance]:
+        return list(
+            self.instances.filter(role=Role.REPLICA).select_related("server", "upstream__server")
+        )
+
+    def clean(self) -> None:
+        self.vhost = self.vhost.lower()
+        self.ro_vhost = self.ro_vhost.lower()
+        if self.vhost and self.vhost == self.ro_vhost:
+            raise ValidationError(
+                {"ro_vhost": "The read-only vhost must differ from the vhost of the primary."}
+            )
+        # The unique constraints cover vhost against vhost; a name used as one herd's
+        # vhost and another's read-only vhost would send writes to a replica.
+        others = Herd.objects.exclude(pk=self.pk)
+        if self.vhost and others.filter(ro_vhost=self.vhost).exists():
+            raise ValidationError({"vhost": "Another herd uses this name as its read-only vhost."})
+        if self.ro_vhost and others.filter(vhost=self.ro_vhost).exists():
+            raise ValidationError({"ro_vhost": "Another herd uses this name as its vhost."})
+
+    def save(self, *args, **kwargs) -> None:
+        # The cluster name is fixed when the herd is created: renaming a herd in the
+        # inventory must not make ElepHaaS look for a cluster that does not exist on disk.
+        if not self.cluster_name:
+            self.cluster_name = self.name
+        super().save(*args, **kwargs)
+
+
+class DRPair(Herd):
+    """A herd seen as a DR pair: its primary, its replicas and its acknowledged candidates."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "DR pair"
+        verbose_name_plural = "DR pairs"
+
+
+class DRCandidate(models.Model):
+    """A DBA's acknowledgement that a replica may be promoted in a DR failover.
+
+    A separate row, not a flag on Instance: an acknowledgement is a decision with an
+    author and a date that the failover planner and auditors read, and withdrawing it is
+    deleting the row. Failover picks the most up-to-date candidate; `priority` breaks
+    ties (lower first).
+    """
+
+    herd = models.ForeignKey(Herd, on_delete=models.CASCADE, related_name="dr_candidates")
+    instance = models.OneToOneField(
+        "instances.Instance", on_delete=models.CASCADE, related_name="dr_candidacy"
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Between equally up-to-date candidates, failover picks the lowest number.",
+    )
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    acknowledged_at = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["herd", "priority", "pk"]
+        verbose_name = "DR candidate"
+
+    def __str__(self) -> str:
+        return f"DR candidate {self.instance} (priority {self.priority})"
+
+    def clean(self) -> None:
+        if self.instance_id is None or self.herd_id is None:
+            return
+        instance = self.instance
+        if instance.herd_id != self.herd_id:
+            raise ValidationError(
+                {
+                    "instance": f"{instance} belongs to herd {instance.herd.name}, not to "
+                    f"{self.herd.name}."
+                }
+            )
+        if instance.role != Role.REPLICA:
+            raise ValidationError(
+                {
+                    "instance": f"{instance} is recorded as {instance.get_role_display()}; only "
+                    f"replicas can be acknowledged as DR candidates."
+                }
+            )

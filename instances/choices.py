@@ -1,0 +1,18 @@
+"""Choices classes for instance state. Code compares against these, never bare strings.
+
+Kept out of the models package so that pure code (planning, command builders) and the
+herds app can use them without importing models.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    """What an instance is in its herd's replication, as last recorded or discovered."""
+
+    PRIMARY = "primary", "primary"
+    REPLICA = "replica", "replica"
+    # Not yet discovered, or the last probe could not tell (instance down).
+    UNKNOWN = "unknown", "unknown"
