@@ -1,0 +1,359 @@
+"""Admin for servers and instances.
+
+List pages run a fixed number of queries whatever the fleet size: every column reads
+only what list_select_related or an annotation already fetched (tests/instances/
+test_admin.py and bench/bench_admin_list.py hold this).
+
+Admin never opens SSH for operations. The one exception is pinning a host key, which
+happens inside the forms of instances/forms.py when a DBA adds a server or re-pins one.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from herds.models import Herd
+from instances import admin_jobs
+from instances.admin_actions import confirm_and_queue
+from instances.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
+from instances.models import Instance, JobKind, Role, Server, correlated_count
+
+# Colours of Django's admin palette, so badges look at home in both themes.
+GREEN = "#2e7d32"
+RED = "#ba2121"
+GREY = "#777"
+ROLE_COLOURS = {Role.PRIMARY: "#1565c0", Role.REPLICA: "#455a64", Role.UNKNOWN: GREY}
+
+# Beyond this many herds the herd filter stops listing them all (see HerdListFilter).
+HERD_FILTER_LIMIT = 50
+
+
+def badge(text: str, colour: str) -> str:
+    return format_html('<strong style="color: {}">{}</strong>', colour, text)
+
+
+def online_badge(online: bool | None) -> str:
+    if online is None:
+        return badge("● unknown", GREY)
+    return badge("● online", GREEN) if online else badge("● offline", RED)
+
+
+def format_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def has_instances_perm(request: HttpRequest, codename: str) -> bool:
+    return request.user.has_perm(f"instances.{codename}")
+
+
+class HerdListFilter(admin.RelatedFieldListFilter):
+    """Filter by herd, without a sidebar that grows with the fleet.
+
+    With thousands of herds a full list would make every page heavier the bigger the
+    fleet (and useless to scroll). Past HERD_FILTER_LIMIT, the list narrows to the herds
+    of the chosen environment; if those are still too many, only the herd already
+    filtered on is shown, so it can be cleared. Searching by herd name, or following the
+    link on a herd's page, reaches any herd.
+    """
+
+    def field_choices(self, field, request, model_admin):
+        herds = Herd.objects.order_by("name")
+        environment = request.GET.get("herd__environment__id__exact")
+        if environment and environment.isdigit():
+            herds = herds.filter(environment_id=environment)
+        choices = list(herds.values_list("pk", "name")[: HERD_FILTER_LIMIT + 1])
+        if len(choices) <= HERD_FILTER_LIMIT:
+            return choices
+        selected = [value for value in (self.lookup_val or []) if str(value).isdigit()]
+        if not selected:
+            return []
+        return list(Herd.objects.filter(pk__in=selected).values_list("pk", "name"))
+
+
+@admin.register(Server)
+class ServerAdmin(admin.ModelAdmin):
+    list_display = (
+        "hostname",
+        "environment",
+        "ssh_user",
+        "ssh_port",
+        "host_key_fingerprint",
+        "last_contact",
+        "instance_count",
+    )
+    list_filter = ("environment",)
+    search_fields = ("hostname", "notes")
+    list_select_related = ("environment",)
+    list_per_page = 100
+    ordering = ("hostname",)
+    add_form_template = "admin/instances/server/add_form.html"
+    change_form_template = "admin/instances/server/change_form.html"
+    actions = ("discover_instances", "check_connection")
+
+    add_fieldsets = (
+        (None, {"fields": ("hostname", "environment", "ssh_port", "ssh_user", "notes")}),
+        (
+            "Host key",
+            {
+                "fields": (
+                    "fingerprint_checked",
+                    "host_key_type",
+                    "host_key",
+                    "host_key_fingerprint",
+                    "key_source",
+                )
+            },
+        ),
+    )
+    change_fieldsets = (
+        (None, {"fields": ("hostname", "environment", "ssh_port", "ssh_user", "notes")}),
+        (
+            "Pinned host key",
+            {
+                "fields": ("host_key_type", "host_key_fingerprint", "host_key"),
+                "description": "Changed only by re-pinning (button at the top right).",
+            },
+        ),
+        ("Status", {"fields": ("last_contact", "created_at", "updated_at")}),
+        ("Recent jobs", {"fields": ("recent_jobs",)}),
+    )
+
+    @admin.display(description="recent jobs")
+    def recent_jobs(self, server: Server) -> str:
+        if server.pk is None:
+            return "—"
+        return admin_jobs.recent_jobs_html(server.jobs.all())
+
+    def has_discover_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("instances.discover_server")
+
+    @admin.action(description="Discover instances on selected servers", permissions=["discover"])
+    def discover_instances(self, request: HttpRequest, queryset: QuerySet[Server]):
+        return confirm_and_queue(
+            self,
+            request,
+            queryset,
+            kind=JobKind.DISCOVER,
+            title="Discover instances",
+            what_happens="One discovery job per server: over SSH, list its PostgreSQL clusters "
+            "(pg_lsclusters, or its running postmasters), probe each one, and create or update "
+            "its instances and herds. Nothing is changed on the servers themselves.",
+            describe=lambda server: [] if server.host_key else ["no pinned host key: will fail"],
+        )
+
+    @admin.action(description="Check SSH connection to selected servers", permissions=["discover"])
+    def check_connection(self, request: HttpRequest, queryset: QuerySet[Server]):
+        return confirm_and_queue(
+            self,
+            request,
+            queryset,
+            kind=JobKind.CHECK_SERVER,
+            title="Check SSH connection",
+            what_happens="One job per server: log in with the controller's key against the "
+            "pinned host key and run `id -un`. Nothing is changed on the servers.",
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Server]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_instance_count=correlated_count(Instance.objects.all(), "server"))
+        )
+
+    @admin.display(description="instances", ordering="_instance_count")
+    def instance_count(self, server: Server) -> int:
+        return server._instance_count
+
+    def get_fieldsets(self, request: HttpRequest, obj: Server | None = None):
+        return self.add_fieldsets if obj is None else self.change_fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Server | None = None):
+        if obj is None:
+            return ()
+        # The pin only changes through the re-pin page, where the new key is fetched from
+        # the server and confirmed; typing a key here would trust whatever was pasted.
+        return (
+            "host_key_type",
+            "host_key_fingerprint",
+            "host_key",
+            "last_contact",
+            "created_at",
+            "updated_at",
+            "recent_jobs",
+        )
+
+    def get_form(self, request: HttpRequest, obj: Server | None = None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ServerAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None):
+        extra_context = {**(extra_context or {}), "controller_key": controller_public_key()}
+        return super().add_view(request, form_url, extra_context)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_pin_host_key": has_instances_perm(request, "pin_host_key"),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<path:object_id>/pin-host-key/",
+                self.admin_site.admin_view(self.pin_host_key_view),
+                name="{}_{}_pin_host_key".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def pin_host_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Fetch the server's current host key, show old and new, pin it once confirmed."""
+        if not has_instances_perm(request, "pin_host_key"):
+            raise PermissionDenied
+        server = get_object_or_404(Server, pk=object_id)
+        change_url = reverse("admin:instances_server_change", args=[server.pk])
+        if request.method == "POST":
+            form = HostKeyRepinForm(request.POST, server=server)
+            old = server.host_key_fingerprint or "none"
+            if form.is_valid():
+                form.save()
+                message = f"Re-pinned host key: {old} → {server.host_key_fingerprint}"
+                self.log_change(request, server, message)
+                self.message_user(request, f"{server}: {message}.", messages.SUCCESS)
+                return HttpResponseRedirect(change_url)
+        else:
+            form = HostKeyRepinForm(server=server)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Re-pin the host key of {server}",
+            "opts": self.opts,
+            "original": server,
+            "form": form,
+            "change_url": change_url,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/instances/server/pin_host_key.html", context)
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = (
+        "herd",
+        "server",
+        "port",
+        "role_badge",
+        "upstream_address",
+        "online_badge",
+        "pg_version",
+        "lag",
+        "flags",
+        "last_checked",
+    )
+    list_display_links = ("herd", "server")
+    list_filter = (
+        "herd__environment",
+        ("herd", HerdListFilter),
+        "role",
+        "online",
+        "pg_version",
+        "fenced",
+        "needs_rebuild",
+    )
+    search_fields = ("herd__name", "server__hostname", "herd__vhost")
+    # upstream__server serves the upstream column; without it, one query per replica row.
+    list_select_related = ("herd", "server", "upstream__server")
+    list_per_page = 100
+    ordering = ("herd__name", "server__hostname", "port")
+    autocomplete_fields = ("herd", "server", "upstream")
+    # Observed state belongs to health polling and jobs; a DBA edits topology and flags.
+    readonly_fields = (
+        "online",
+        "last_lsn",
+        "lag_bytes",
+        "lag_seconds",
+        "last_checked",
+        "streams_from",
+        "created_at",
+        "updated_at",
+        "recent_jobs",
+    )
+    fieldsets = (
+        (None, {"fields": ("herd", "server", "port", "pg_version", "data_dir")}),
+        ("Replication", {"fields": ("role", "upstream")}),
+        ("Flags", {"fields": ("fenced", "needs_rebuild", "notes")}),
+        (
+            "Observed state",
+            {
+                "fields": (
+                    "online",
+                    "last_lsn",
+                    "lag_bytes",
+                    "lag_seconds",
+                    "last_checked",
+                    "streams_from",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
+        ("Recent jobs", {"fields": ("recent_jobs",)}),
+    )
+
+    @admin.display(description="recent jobs")
+    def recent_jobs(self, instance: Instance) -> str:
+        if instance.pk is None:
+            return "—"
+        return admin_jobs.recent_jobs_html(instance.jobs.all())
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Instance]:
+        # Also for the change page and autocomplete results, which print str(instance).
+        # It must name everything the list needs: ChangeList ignores list_select_related
+        # once get_queryset() has called select_related().
+        return super().get_queryset(request).select_related(*self.list_select_related)
+
+    @admin.display(description="role", ordering="role")
+    def role_badge(self, instance: Instance) -> str:
+        return badge(instance.get_role_display(), ROLE_COLOURS[Role(instance.role)])
+
+    @admin.display(description="upstream", ordering="upstream__server__hostname")
+    def upstream_address(self, instance: Instance) -> str:
+        return instance.upstream.address if instance.upstream_id else "—"
+
+    @admin.display(description="online", ordering="online")
+    def online_badge(self, instance: Instance) -> str:
+        return online_badge(instance.online)
+
+    @admin.display(description="lag", ordering="lag_bytes")
+    def lag(self, instance: Instance) -> str:
+        if instance.role == Role.PRIMARY:
+            return "—"
+        parts = []
+        if instance.lag_bytes is not None:
+            parts.append(format_bytes(instance.lag_bytes))
+        if instance.lag_seconds is not None:
+            parts.append(f"{instance.lag_seconds:.1f} s")
+        return " / ".join(parts) or "?"
+
+    @admin.display(description="flags")
+    def flags(self, instance: Instance) -> str:
+        shown = []
+        if instance.fenced:
+            shown.append("fenced")
+        if instance.needs_rebuild:
+            shown.append("needs rebuild")
+        return badge(", ".join(shown), RED) if shown else ""

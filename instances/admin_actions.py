@@ -1,0 +1,77 @@
+"""Admin actions that queue jobs: a confirmation page, then one job per target.
+
+The admin never runs an operation itself: it validates, shows exactly which targets will be
+touched and what will happen, creates the jobs (enqueued after the commit) and says which
+jobs were queued, with a link to the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.db import transaction
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from instances import jobs
+
+
+@dataclass
+class Confirmation:
+    title: str
+    what_happens: str
+    rows: list[tuple[object, list[str]]]  # (target, warnings for it)
+    warnings: list[str] = field(default_factory=list)
+
+
+def confirm_and_queue(
+    modeladmin: admin.ModelAdmin,
+    request,
+    queryset,
+    *,
+    kind: str,
+    title: str,
+    what_happens: str,
+    describe: Callable[[object], list[str]] | None = None,
+    params: dict | None = None,
+) -> TemplateResponse | None:
+    """First call: the confirmation page. Second call (POST with `confirm`): queue jobs."""
+    targets: Sequence = list(queryset)
+    action = request.POST.get("action", "")
+    if request.POST.get("confirm") == "yes":
+        with transaction.atomic():
+            created = jobs.create_jobs(kind, targets, user=request.user, params=params or {})
+        if created:
+            url = (
+                reverse("admin:instances_job_changelist")
+                + "?"
+                + urlencode({"batch": created[0].batch})
+            )
+            modeladmin.message_user(
+                request,
+                format_html(
+                    '{} job(s) queued: {} — <a href="{}">follow the batch</a>.',
+                    len(created),
+                    ", ".join(f"#{j.pk} {j.target_label}" for j in created),
+                    url,
+                ),
+                messages.SUCCESS,
+            )
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "what_happens": what_happens,
+        "rows": [(t, describe(t) if describe else []) for t in targets],
+        "queryset": targets,
+        "action": action,
+        "opts": modeladmin.model._meta,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media,
+    }
+    return TemplateResponse(request, "admin/elephaas/confirm_jobs.html", context)

@@ -1,0 +1,234 @@
+"""Admin for jobs: the list, the job page with its steps, cancel and retry."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+
+from instances import jobs
+from instances.models import Job, JobState, JobStep
+
+STATE_COLOURS = {
+    JobState.QUEUED: "#6c757d",
+    JobState.RUNNING: "#0d6efd",
+    JobState.SUCCEEDED: "#198754",
+    JobState.FAILED: "#dc3545",
+    JobState.CANCELLED: "#b58900",
+}
+
+
+def state_badge(state: str) -> str:
+    return format_html('<b style="color:{}">{}</b>', STATE_COLOURS.get(state, "#000"), state)
+
+
+def recent_jobs_html(queryset: QuerySet, limit: int = 10) -> str:
+    """A small table of the latest jobs on a server, herd or instance page."""
+    rows = list(queryset.order_by("-created_at")[:limit])
+    if not rows:
+        return "No jobs yet."
+    body = format_html_join(
+        "",
+        '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+        "<td>{}</td></tr>",
+        (
+            (
+                j.get_absolute_url(),
+                j.pk,
+                j.get_kind_display(),
+                state_badge(j.state),
+                j.requested_by_name,
+                j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                (j.error or j.summary.split("\n")[0])[:120],
+            )
+            for j in rows
+        ),
+    )
+    return format_html(
+        "<table><tr><th>job</th><th>kind</th><th>state</th><th>by</th>"
+        "<th>queued</th><th>result</th></tr>{}</table>",
+        body,
+    )
+
+
+class JobStepInline(admin.TabularInline):
+    model = JobStep
+    extra = 0
+    can_delete = False
+    fields = ["seq", "name", "host", "command", "exit_status", "ok", "duration", "output_pre"]
+    readonly_fields = fields
+
+    @admin.display(description="output")
+    def output_pre(self, step: JobStep) -> str:
+        return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', step.output)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "kind",
+        "target_label",
+        "state_colour",
+        "requested_by_name",
+        "origin",
+        "created_at",
+        "duration_s",
+        "progress",
+        "result",
+    ]
+    list_display_links = ["id", "kind"]
+    list_filter = [
+        "state",
+        "kind",
+        "origin",
+        ("requested_by", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    ]
+    search_fields = ["target_label", "requested_by_name", "error", "summary"]
+    list_select_related = ["requested_by"]
+    list_per_page = 100
+    date_hierarchy = "created_at"
+    inlines = [JobStepInline]
+    actions = ["cancel_jobs", "retry_jobs"]
+    readonly_fields = [
+        "kind",
+        "state_colour",
+        "target_link",
+        "batch_link",
+        "requested_by_name",
+        "origin",
+        "params",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "duration_s",
+        "progress",
+        "summary_pre",
+        "error",
+        "traceback_pre",
+        "task_id",
+        "worker",
+        "cancel_requested",
+        "cancel_requested_by",
+        "retry_of",
+    ]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "kind",
+                    "state_colour",
+                    "target_link",
+                    "batch_link",
+                    "requested_by_name",
+                    "origin",
+                    "params",
+                    "progress",
+                ]
+            },
+        ),
+        ("Result", {"fields": ["summary_pre", "error", "traceback_pre"]}),
+        (
+            "Timing",
+            {"fields": ["created_at", "started_at", "finished_at", "heartbeat_at", "duration_s"]},
+        ),
+        (
+            "Worker",
+            {
+                "classes": ["collapse"],
+                "fields": [
+                    "task_id",
+                    "worker",
+                    "cancel_requested",
+                    "cancel_requested_by",
+                    "retry_of",
+                ],
+            },
+        ),
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Jobs are the audit trail.
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="state", ordering="state")
+    def state_colour(self, job: Job) -> str:
+        return state_badge(job.state)
+
+    @admin.display(description="seconds")
+    def duration_s(self, job: Job) -> str:
+        return "" if job.duration is None else f"{job.duration:.1f}"
+
+    @admin.display(description="result")
+    def result(self, job: Job) -> str:
+        return (job.error or job.summary.split("\n")[0])[:140]
+
+    @admin.display(description="summary")
+    def summary_pre(self, job: Job) -> str:
+        return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', job.summary)
+
+    @admin.display(description="traceback")
+    def traceback_pre(self, job: Job) -> str:
+        return format_html("<pre>{}</pre>", job.traceback) if job.traceback else "-"
+
+    @admin.display(description="target")
+    def target_link(self, job: Job) -> str:
+        target = job.target
+        if target is None:
+            return job.target_label
+        meta = target._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[target.pk])
+        return format_html('<a href="{}">{}</a> ({})', url, job.target_label, meta.verbose_name)
+
+    @admin.display(description="batch")
+    def batch_link(self, job: Job) -> str:
+        url = reverse("admin:instances_job_changelist") + "?" + urlencode({"batch": job.batch})
+        return format_html('<a href="{}">{}</a>', url, job.batch)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = Job.objects.filter(pk=object_id).only("state").first()
+        extra_context = {**(extra_context or {}), "auto_refresh": bool(job and not job.is_terminal)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
+    def cancel_jobs(self, request, queryset: QuerySet) -> None:
+        for job in queryset:
+            self.message_user(request, jobs.cancel(job, request.user))
+
+    @admin.action(description="Retry selected failed or cancelled jobs", permissions=["retry"])
+    def retry_jobs(self, request, queryset: QuerySet) -> None:
+        for job in queryset.with_related():
+            try:
+                new = jobs.retry(job, request.user)
+            except jobs.JobFailed as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                self.message_user(
+                    request,
+                    format_html(
+                        'Job #{} queued again as <a href="{}">#{}</a>.',
+                        job.pk,
+                        new.get_absolute_url(),
+                        new.pk,
+                    ),
+                )
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("instances.cancel_job")
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("instances.retry_job")

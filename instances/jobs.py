@@ -1,0 +1,475 @@
+"""The job runner: create, enqueue, claim, lock, run, record, end.
+
+The admin and management commands call `create_jobs` + `enqueue`; the Celery task calls
+`execute(job_id)`. Operations are plain functions registered per JobKind that receive a
+`JobContext` and do their work through it (SSH commands, probes), so every step is
+written to the job as it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from instances import ssh
+from instances.commands import quote_argv
+from instances.models import Instance, Job, JobKind, JobOrigin, JobState, JobStep, Server
+
+log = logging.getLogger("elephaas.jobs")
+audit = logging.getLogger("elephaas.audit")
+
+OUTPUT_TAIL_CHARS = 4000
+LOCK_CLASS = {"server": 1, "herd": 2, "instance": 3}
+
+
+class JobFailed(Exception):
+    """An expected failure: the message is the job's one-line error."""
+
+
+class JobCancelled(Exception):
+    pass
+
+
+Operation = Callable[["JobContext"], str]
+OPERATIONS: dict[str, Operation] = {}
+
+
+def operation(kind: str) -> Callable[[Operation], Operation]:
+    def register(func: Operation) -> Operation:
+        OPERATIONS[kind] = func
+        return func
+
+    return register
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- creating and enqueuing ---------------------------------------------------------------
+
+
+def _target_fields(target) -> dict:
+    if isinstance(target, Instance):
+        return {"instance": target, "target_label": str(target)}
+    if isinstance(target, Server):
+        return {"server": target, "target_label": target.hostname}
+    from herds.models import Herd
+
+    if isinstance(target, Herd):
+        return {"herd": target, "target_label": str(target)}
+    raise TypeError(f"a job cannot target {type(target).__name__}")
+
+
+def create_jobs(
+    kind: str,
+    targets: Iterable,
+    *,
+    user=None,
+    params: dict | None = None,
+    origin: str = JobOrigin.ADMIN,
+    queue: bool = True,
+) -> list[Job]:
+    """One queued job per target, sharing a batch id; enqueued when the transaction commits
+    (`queue=False`: the caller runs them itself with run_inline)."""
+    batch = uuid.uuid4()
+    name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
+    jobs = []
+    with transaction.atomic():
+        for target in targets:
+            job = Job.objects.create(
+                kind=kind,
+                batch=batch,
+                requested_by=user,
+                requested_by_name=name,
+                origin=origin,
+                params=params or {},
+                task_id=str(uuid.uuid4()),
+                **_target_fields(target),
+            )
+            jobs.append(job)
+            audit.info("queued job #%s %s on %s for %s", job.pk, kind, job.target_label, name)
+            if queue:
+                enqueue(job)
+    return jobs
+
+
+def enqueue(job: Job) -> None:
+    from instances.tasks import run_job
+
+    job_id, task_id = job.pk, job.task_id
+    transaction.on_commit(lambda: run_job.apply_async(args=[job_id], task_id=task_id))
+
+
+def cancel(job: Job, user) -> str:
+    """Cancel a queued job outright; ask a running one to stop at its next check."""
+    name = user.get_username() if user else "system"
+    done = Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
+        state=JobState.CANCELLED,
+        finished_at=timezone.now(),
+        cancel_requested=True,
+        cancel_requested_by=name,
+        error=f"cancelled by {name} before it started",
+    )
+    if done:
+        audit.info("job #%s cancelled by %s before it started", job.pk, name)
+        return f"Job #{job.pk} cancelled before it started."
+    done = Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+        cancel_requested=True, cancel_requested_by=name
+    )
+    if done:
+        audit.info("cancel of running job #%s requested by %s", job.pk, name)
+        return f"Job #{job.pk} is running: it stops at its next step (its command is interrupted)."
+    return f"Job #{job.pk} has already ended ({Job.objects.get(pk=job.pk).state})."
+
+
+def retry(job: Job, user) -> Job:
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise JobFailed(f"job #{job.pk} is {job.state}: only failed or cancelled jobs are retried")
+    target = job.target
+    if target is None:
+        raise JobFailed(f"job #{job.pk}'s target no longer exists")
+    with transaction.atomic():
+        [new] = create_jobs(job.kind, [target], user=user, params=job.params, origin=job.origin)
+        Job.objects.filter(pk=new.pk).update(retry_of=job, batch=job.batch)
+    new.refresh_from_db()
+    return new
+
+
+# --- lost jobs ------------------------------------------------------------------------------
+
+
+def reap_lost_jobs(*, this_host_only: bool = False) -> int:
+    """Fail running jobs whose worker is gone, so none stays 'running' forever.
+
+    A worker on this host whose pid is no longer alive is certainly gone; any other job
+    whose heartbeat is older than JOB_LOST_AFTER is presumed gone (its watcher thread beats
+    every JOB_HEARTBEAT seconds while the job runs).
+    """
+    now = timezone.now()
+    host = socket.gethostname()
+    reaped = 0
+    running = Job.objects.filter(state=JobState.RUNNING).only("pk", "worker", "heartbeat_at")
+    for job in running:
+        worker_host, _, pid = job.worker.partition(":")
+        dead = worker_host == host and pid.isdigit() and not _pid_alive(int(pid))
+        stale = job.heartbeat_at and now - job.heartbeat_at > timedelta(
+            seconds=settings.JOB_LOST_AFTER
+        )
+        if not dead and (this_host_only or not stale):
+            continue
+        last = job.steps.order_by("-seq").first()
+        where = f" during step {last.seq} ({last.name})" if last else ""
+        reason = "exited" if dead else "stopped answering"
+        error = (
+            f"the worker {job.worker} {reason}{where}; the target may be half-changed: "
+            f"check it, then retry"
+        )
+        if Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+            state=JobState.FAILED, finished_at=now, error=error
+        ):
+            reaped += 1
+            log.warning("job #%s: %s", job.pk, error)
+    return reaped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@dataclass
+class Lock:
+    raw: object  # a DB-API connection of its own, so its lifetime is exactly the job's
+
+    def release(self) -> None:
+        try:
+            self.raw.close()
+        except Exception:  # noqa: BLE001 - closing is best effort; Postgres frees it anyway
+            pass
+
+
+def lock_keys(job: Job) -> list[tuple[str, int, int]]:
+    """(mode, class, id) advisory locks: herd-level work locks the herd; instance work
+    locks the instance and shares the herd lock, so a switchover and a restart in one herd
+    never run at once but restarts of different instances do."""
+    if job.instance_id:
+        return [
+            ("shared", LOCK_CLASS["herd"], job.instance.herd_id),
+            ("exclusive", LOCK_CLASS["instance"], job.instance_id),
+        ]
+    if job.herd_id:
+        return [("exclusive", LOCK_CLASS["herd"], job.herd_id)]
+    return [("exclusive", LOCK_CLASS["server"], job.server_id)]
+
+
+def take_lock(job: Job, cancel: threading.Event) -> Lock:
+    """Wait up to JOB_LOCK_WAIT seconds for the target's locks, then fail clearly.
+
+    Session-level advisory locks on a connection of the job's own: Postgres releases them
+    when the connection closes, including when the worker process dies mid-job.
+    """
+    db = connections["default"]
+    raw = db.get_new_connection(db.get_connection_params())
+    raw.autocommit = True
+    deadline = time.monotonic() + settings.JOB_LOCK_WAIT
+    held: list[tuple[str, int, int]] = []
+    try:
+        with raw.cursor() as cur:
+            for mode, klass, key in lock_keys(job):
+                func = "pg_try_advisory_lock_shared" if mode == "shared" else "pg_try_advisory_lock"
+                while True:
+                    cur.execute(f"SELECT {func}(%s, %s)", [klass, key])
+                    if cur.fetchone()[0]:
+                        held.append((mode, klass, key))
+                        break
+                    if cancel.is_set():
+                        raise JobCancelled()
+                    if time.monotonic() > deadline:
+                        raise JobFailed(_busy_message(job))
+                    time.sleep(0.2)
+    except BaseException:
+        raw.close()
+        raise
+    return Lock(raw)
+
+
+def _busy_message(job: Job) -> str:
+    others = Job.objects.active().exclude(pk=job.pk).filter(state=JobState.RUNNING)
+    if job.instance_id:
+        others = others.filter(instance_id=job.instance_id) | others.filter(
+            herd_id=job.instance.herd_id
+        )
+    elif job.herd_id:
+        others = others.filter(herd_id=job.herd_id) | others.filter(instance__herd_id=job.herd_id)
+    else:
+        others = others.filter(server_id=job.server_id)
+    other = others.order_by("started_at").first()
+    holder = (
+        f"job #{other.pk} ({other.get_kind_display()}, by {other.requested_by_name}) "
+        f"is running on it"
+        if other
+        else "another job holds it"
+    )
+    return (
+        f"{job.target_label} is busy: {holder}; waited {settings.JOB_LOCK_WAIT:.0f}s. "
+        f"Retry when it has ended."
+    )
+
+
+class Watcher(threading.Thread):
+    """Beats the job's heartbeat and turns a cancel request into the cancel event."""
+
+    def __init__(self, job_id: int, cancel: threading.Event) -> None:
+        super().__init__(name=f"job-{job_id}-watcher", daemon=True)
+        self.job_id = job_id
+        self.cancel = cancel
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(settings.JOB_HEARTBEAT):
+                Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+                    self.cancel.set()
+        except Exception:  # noqa: BLE001 - a lost heartbeat is visible; never crash the job
+            log.exception("job #%s: watcher stopped", self.job_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class JobContext:
+    """What an operation uses to do its work and record every step."""
+
+    def __init__(self, job: Job, cancel: threading.Event) -> None:
+        self.job = job
+        self.cancel = cancel
+        self._seq = job.steps.count()
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled()
+
+    @contextmanager
+    def step(self, name: str, host: str = "", command: str = "") -> Iterator[JobStep]:
+        self.check_cancel()
+        self._seq += 1
+        step = JobStep.objects.create(
+            job=self.job, seq=self._seq, name=name[:255], host=host[:255], command=command
+        )
+        started = time.monotonic()
+        try:
+            yield step
+        except BaseException as exc:
+            step.ok = False
+            if not step.output:
+                step.output = _tail(str(exc))
+            raise
+        else:
+            if step.ok is None:
+                step.ok = True
+        finally:
+            step.duration = time.monotonic() - started
+            step.save(update_fields=["ok", "output", "duration", "exit_status"])
+            Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
+
+    def note(self, name: str, detail: str = "", host: str = "") -> None:
+        """A step that records a decision or a finding rather than a command."""
+        with self.step(name, host) as step:
+            step.output = detail
+
+    def ssh(
+        self,
+        server,
+        argv: Sequence[str],
+        name: str,
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float | None = None,
+    ) -> ssh.Result:
+        with self.step(name, server.hostname, quote_argv(argv)) as step:
+            try:
+                result = ssh.run(
+                    server,
+                    list(argv),
+                    check=check,
+                    input=input,
+                    timeout=timeout,
+                    cancel=self.cancel,
+                )
+            except ssh.SSHError as exc:
+                step.exit_status = exc.exit_status
+                step.output = _tail(exc.stderr_tail or str(exc))
+                if exc.stage == "cancelled":
+                    raise JobCancelled() from exc
+                raise JobFailed(str(exc)) from exc
+            step.exit_status = result.exit_status
+            step.ok = result.exit_status == 0 or not check
+            step.output = _tail("\n".join(p for p in (result.stdout, result.stderr) if p))
+            return result
+
+    def progress(self, percent: int) -> None:
+        Job.objects.filter(pk=self.job.pk).update(progress=max(0, min(100, int(percent))))
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= OUTPUT_TAIL_CHARS else "…" + text[-OUTPUT_TAIL_CHARS:]
+
+
+def claim(job_id: int, task_id: str) -> bool:
+    return bool(
+        Job.objects.filter(pk=job_id, state=JobState.QUEUED, cancel_requested=False).update(
+            state=JobState.RUNNING,
+            started_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+            task_id=task_id,
+            worker=worker_id(),
+        )
+    )
+
+
+def execute(job_id: int, task_id: str = "") -> str:
+    """Run one job to its end. Returns its final state (for the task result).
+
+    1. claim it (queued → running); if another worker has it, or it was cancelled, stop;
+    2. take the lock(s) on its target, waiting a bounded time;
+    3. run its operation with a context that records each step; a watcher thread beats
+       the heartbeat and relays cancel requests;
+    4. end it: succeeded with a summary, failed with a one-line reason (and the traceback
+       for unexpected errors), or cancelled.
+    """
+    close_old_connections()
+    if not claim(job_id, task_id):
+        job = Job.objects.filter(pk=job_id).first()
+        if job is None:
+            log.warning("job #%s does not exist", job_id)
+            return "missing"
+        if job.state == JobState.RUNNING:
+            # Redelivered after its worker died (acks_late): never run it twice.
+            reap_lost_jobs(this_host_only=True)
+        log.info("job #%s not claimed: it is %s", job_id, job.state)
+        return Job.objects.get(pk=job_id).state
+    job = Job.objects.with_related().get(pk=job_id)
+    cancel = threading.Event()
+    watcher = Watcher(job_id, cancel)
+    watcher.start()
+    lock = None
+    state, summary, error, trace = JobState.FAILED, "", "", ""
+    try:
+        func = OPERATIONS.get(job.kind)
+        if func is None:
+            raise JobFailed(f"no operation is registered for job kind {job.kind!r}")
+        lock = take_lock(job, cancel)
+        summary = func(JobContext(job, cancel)) or ""
+        state = JobState.SUCCEEDED
+    except JobCancelled:
+        state = JobState.CANCELLED
+        by = Job.objects.filter(pk=job_id).values_list("cancel_requested_by", flat=True).first()
+        error = f"cancelled by {by or 'a user'} while running"
+    except JobFailed as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - the job must end visibly whatever happened
+        error = f"unexpected error: {type(exc).__name__}: {exc} (traceback kept on the job)"
+        trace = traceback.format_exc()
+        log.exception("job #%s", job_id)
+    finally:
+        watcher.stop()
+        if lock:
+            lock.release()
+    Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
+        state=state,
+        finished_at=timezone.now(),
+        summary=summary,
+        error=error[:2000],
+        traceback=trace,
+        progress=F("progress") if state != JobState.SUCCEEDED else 100,
+    )
+    watcher.join(timeout=5)
+    outcome = error or (summary.splitlines()[0] if summary else "")
+    audit.info(
+        "job #%s %s %s on %s for %s: %s",
+        job_id,
+        job.kind,
+        state,
+        job.target_label,
+        job.requested_by_name,
+        outcome,
+    )
+    return state
+
+
+def run_inline(jobs: Sequence[Job]) -> list[Job]:
+    """Run jobs in this process (management commands): same lifecycle, no broker."""
+    for job in jobs:
+        execute(job.pk, task_id=job.task_id)
+    return [Job.objects.get(pk=job.pk) for job in jobs]
+
+
+__all__ = ["JobContext", "JobFailed", "JobKind", "create_jobs", "execute", "operation"]

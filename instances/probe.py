@@ -1,0 +1,97 @@
+"""The Postgres probe: the one module that connects to managed instances with psycopg2.
+
+The password comes from settings (ELEPHAAS_PG_PASSWORD / _FILE) and is handed to libpq as
+a keyword, never placed in a command line or a log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg2
+from django.conf import settings
+
+
+class ProbeError(Exception):
+    def __init__(self, address: str, message: str) -> None:
+        super().__init__(f"{address}: {message}")
+        self.address = address
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    in_recovery: bool
+    version_num: int
+    lsn: str  # current WAL insert location (primary) or last replayed (replica)
+    receive_lsn: str | None
+    replay_lsn: str | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    primary_conninfo: str
+    duration: float
+
+
+QUERY = """
+SELECT pg_is_in_recovery(),
+       current_setting('server_version_num')::int,
+       CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text
+            ELSE pg_current_wal_lsn()::text END,
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       CASE WHEN pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+       END,
+       CASE WHEN pg_is_in_recovery() THEN
+            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                 ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
+       END,
+       current_setting('primary_conninfo')
+"""
+
+
+def connect(hostname: str, port: int, dbname: str | None = None):
+    address = f"{hostname}:{port}"
+    try:
+        return psycopg2.connect(
+            host=hostname,
+            port=port,
+            dbname=dbname or settings.PG_PROBE_DATABASE,
+            user=settings.PG_PROBE_USER,
+            password=settings.PG_PROBE_PASSWORD or None,
+            connect_timeout=settings.PG_PROBE_CONNECT_TIMEOUT,
+            application_name="elephaas",
+        )
+    except psycopg2.OperationalError as exc:
+        raise ProbeError(address, _first_line(exc)) from None
+
+
+def probe(hostname: str, port: int) -> ProbeResult:
+    started = time.monotonic()
+    conn = connect(hostname, port)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(QUERY)
+            row = cur.fetchone()
+    except psycopg2.Error as exc:
+        raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
+    finally:
+        conn.close()
+    in_recovery, version_num, lsn, receive, replay, lag_bytes, lag_seconds, conninfo = row
+    return ProbeResult(
+        in_recovery=in_recovery,
+        version_num=version_num,
+        lsn=lsn or "",
+        receive_lsn=receive,
+        replay_lsn=replay,
+        lag_bytes=int(lag_bytes) if lag_bytes is not None else None,
+        lag_seconds=float(lag_seconds) if lag_seconds is not None else None,
+        primary_conninfo=conninfo or "",
+        duration=time.monotonic() - started,
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,194 @@
+"""The job lifecycle through the real worker: claim, lock, steps, cancel, retry, lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from instances import jobs
+from instances.models import Job, JobKind, JobOrigin, JobState
+from lab import state
+from tests.factories import make_environment
+from tests.helpers import add_lab_server, wait_for_job
+
+pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def server(lab_servers):
+    return add_lab_server(lab_servers[0], make_environment("prod"))
+
+
+def test_it_claims_a_job_exactly_once_under_a_race(server):
+    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def contender():
+        barrier.wait()
+        results.append(jobs.claim(job.pk, "task"))
+        connection.close()
+
+    threads = [threading.Thread(target=contender) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    job.refresh_from_db()
+    assert job.state == JobState.RUNNING
+    assert job.worker == jobs.worker_id()
+
+
+def test_it_runs_a_job_on_the_worker_and_records_its_steps(
+    celery_worker, server, django_user_model
+):
+    alice = django_user_model.objects.create_user("alice")
+    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], user=alice)
+    job = wait_for_job(job)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.requested_by == alice and job.requested_by_name == "alice"
+    assert job.worker.endswith(f":{celery_worker['process'].pid}")
+    assert job.summary == f"{server.hostname}: logged in as postgres with the pinned host key"
+    [step] = job.steps.all()
+    assert (step.host, step.command, step.exit_status, step.ok) == (
+        server.hostname,
+        "id -un",
+        0,
+        True,
+    )
+    assert step.output == "postgres"
+    server.refresh_from_db()
+    assert server.last_contact is not None
+
+
+def test_it_fails_a_job_clearly_when_the_host_key_changed(celery_worker, server, lab_servers):
+    server.host_key = lab_servers[1].host_key
+    server.save()
+    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+    job = wait_for_job(job)
+    assert job.state == JobState.FAILED
+    assert server.hostname in job.error and "host key changed" in job.error
+    assert "re-pin" in job.error
+
+
+def _hold_server_lock(server):
+    """Another job holding the server: claimed and locked by this test process."""
+    [holder] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False, origin=JobOrigin.CLI)
+    assert jobs.claim(holder.pk, "held-by-test")
+    holder = Job.objects.with_related().get(pk=holder.pk)
+    return holder, jobs.take_lock(holder, threading.Event())
+
+
+def test_it_fails_a_conflicting_job_with_the_holder_named_then_retries(celery_worker, server):
+    holder, lock = _hold_server_lock(server)
+    try:
+        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+        job = wait_for_job(job)
+    finally:
+        lock.release()
+    assert job.state == JobState.FAILED
+    assert job.error.startswith(f"{server.hostname} is busy: job #{holder.pk}")
+    assert job.steps.count() == 0
+    again = wait_for_job(jobs.retry(job, None))
+    assert again.state == JobState.SUCCEEDED
+    assert again.retry_of_id == job.pk and again.batch == job.batch
+
+
+def test_it_cancels_a_queued_job_which_then_never_runs(server):
+    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    assert "cancelled before it started" in jobs.cancel(job, None)
+    assert jobs.execute(job.pk) == JobState.CANCELLED
+    job.refresh_from_db()
+    assert job.state == JobState.CANCELLED and job.steps.count() == 0
+
+
+def test_it_cancels_a_running_job(celery_worker, server, django_user_model):
+    oscar = django_user_model.objects.create_user("oscar")
+    holder, lock = _hold_server_lock(server)
+    try:
+        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+        wait_for_job(job, states={JobState.RUNNING})
+        assert "is running" in jobs.cancel(job, oscar)
+        job = wait_for_job(job)
+    finally:
+        lock.release()
+    assert job.state == JobState.CANCELLED
+    assert job.error == "cancelled by oscar while running"
+
+
+@pytest.fixture
+def lone_worker(lab, django_db_setup):
+    """A worker of its own on a queue of its own, for the test that kills it."""
+    procs = []
+
+    def start():
+        env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            ELEPHAAS_DB_NAME=connection.settings_dict["NAME"],
+        )
+        log = open(state.LAB_DIR / "log" / "test-lone-worker.log", "ab")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "elephaas",
+                "worker",
+                "--pool",
+                "threads",
+                "-Q",
+                "lone",
+                "--hostname",
+                f"lone-{len(procs)}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=state.REPO_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_it_fails_a_job_whose_worker_was_killed_mid_job(server, lone_worker):
+    from instances.tasks import run_job
+
+    worker = lone_worker()
+    holder, lock = _hold_server_lock(server)
+    try:
+        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+        run_job.apply_async(args=[job.pk], task_id=job.task_id, queue="lone")
+        job = wait_for_job(job, states={JobState.RUNNING}, timeout=60)
+        assert job.worker.endswith(f":{worker.pid}")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        lock.release()
+    time.sleep(1)
+    job.refresh_from_db()
+    assert job.state == JobState.RUNNING  # nobody has noticed yet
+    lone_worker()  # the next worker on this host reaps it at start-up
+    job = wait_for_job(job, timeout=60)
+    assert job.state == JobState.FAILED
+    assert job.error.startswith(f"the worker {job.worker} exited")
+    assert "check it, then retry" in job.error
