@@ -124,8 +124,10 @@ def discover(ctx: JobContext) -> str:
                 instance.last_checked = timezone.now()
                 instance.save(update_fields=["online", "last_checked", "updated_at"])
             gone.append(str(instance))
-        linked = _link_upstreams()
         Server.objects.filter(pk=server.pk).update(last_contact=timezone.now())
+    # After the commit: discovery of the upstream's server may be running in parallel, and
+    # of two such jobs the one that commits last sees both rows and makes the link.
+    linked = _link_upstreams()
     for label, items in (("added", added), ("changed", changed), ("gone", gone)):
         if items:
             ctx.note(f"{label}: {len(items)}", "\n".join(items), server.hostname)

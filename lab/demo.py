@@ -42,7 +42,9 @@ def run() -> None:
             server.host_key_fingerprint,
             "--if-missing",
         )
-    fleet.manage("discover", *(lab_servers[n].hostname for n in ENVIRONMENTS))
+    found = fleet.manage("discover", *(lab_servers[n].hostname for n in ENVIRONMENTS))
+    for line in found.splitlines():
+        fleet.say(line)
     fleet.manage("ensure_demo_admin", "--password-file", str(SECRETS_DIR / "demo_admin_password"))
     fleet.start_web()
     password = (SECRETS_DIR / "demo_admin_password").read_text().strip()

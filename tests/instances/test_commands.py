@@ -18,7 +18,9 @@ from instances.commands import Command, quote_argv
 # Any text a DBA could type or a file system could hold, except NUL, which no argument
 # of a C program can carry (quote_argv rejects it; tested below).
 # Lone surrogates cannot be sent over SSH at all; quote_argv rejects them (tested below).
-TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40)
+TEXT = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40
+)
 
 HOSTILE = [
     "; rm -rf /",
