@@ -57,8 +57,12 @@ class JobStepInline(admin.TabularInline):
     model = JobStep
     extra = 0
     can_delete = False
-    fields = ["seq", "name", "host", "command", "exit_status", "ok", "duration", "output_pre"]
+    fields = ["seq", "name", "host", "command", "exit_status", "ok", "seconds", "output_pre"]
     readonly_fields = fields
+
+    @admin.display(description="seconds")
+    def seconds(self, step: JobStep) -> str:
+        return "" if step.duration is None else f"{step.duration:.3f}"
 
     @admin.display(description="output")
     def output_pre(self, step: JobStep) -> str:
