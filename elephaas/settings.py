@@ -119,6 +119,16 @@ JOB_LOCK_WAIT = envfloat("ELEPHAAS_JOB_LOCK_WAIT", 30.0, 0)
 JOB_HEARTBEAT = envfloat("ELEPHAAS_JOB_HEARTBEAT", 2.0, 0.1)
 JOB_LOST_AFTER = envfloat("ELEPHAAS_JOB_LOST_AFTER", 60.0, 1)
 JOB_TIME_LIMIT = envint("ELEPHAAS_JOB_TIME_LIMIT", 3600, 10)
+# Health polling (Celery beat): how often every instance is probed, how many probes run
+# at once, and the replica lag (bytes / seconds) past which a replica is shown as lagging.
+HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)
+HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 32, 1, 1024)
+HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
+HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
+CELERY_BEAT_SCHEDULE = {
+    "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
+    "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
+}
 
 # --- SSH to managed servers -------------------------------------------------------------
 SSH_PRIVATE_KEY = envstr("ELEPHAAS_SSH_KEY", "/etc/elephaas/id_ed25519")

@@ -148,6 +148,11 @@ class Herd(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("switchover_herd", "Can run planned switchovers"),
+            ("failover_herd", "Can run DR failovers"),
+            ("refresh_dns", "Can refresh a herd's DNS records"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["environment", "name"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import fleet, herd
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     drop = herd_sub.add_parser("drop")
     drop.add_argument("name")
     args = parser.parse_args(argv)
+    # sshd, named, slapd, usermod live in sbin, which a non-login root shell may lack.
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
     try:
         if args.command == "up":

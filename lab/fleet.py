@@ -870,6 +870,33 @@ def restart_worker() -> int:
     return pid
 
 
+def beat_pidfile() -> Path:
+    return CELERY_DIR / "beat.pid"
+
+
+def restart_beat() -> int:
+    """Celery beat: the periodic health poll and the lost-job reaper."""
+    CELERY_DIR.mkdir(parents=True, exist_ok=True)
+    pid = proc.running_from(beat_pidfile())
+    if pid:
+        proc.stop_pid(pid, "Celery beat", timeout=30)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "elephaas",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(CELERY_DIR / "beat-schedule"),
+    ]
+    return proc.spawn(
+        argv, beat_pidfile(), LOG_DIR / "celery-beat.log", env=django_env(), cwd=REPO_DIR
+    )
+
+
 def web_pidfile() -> Path:
     return WEB_DIR / "web.pid"
 
@@ -925,7 +952,8 @@ def up(servers: int = 4, worker: bool = True) -> None:
     manage("migrate", "--no-input")
     if worker:
         restart_worker()
-        say(f"Celery worker (log {LOG_DIR / 'celery-worker.log'})")
+        restart_beat()
+        say(f"Celery worker and beat (logs in {LOG_DIR})")
     UP_MARK.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     say(f"up in {time.monotonic() - started:.1f}s; state in {LAB_DIR}")
 
@@ -936,15 +964,20 @@ def _known_servers() -> list[int]:
     return server_numbers()
 
 
-def components() -> list[tuple[str, Path]]:
-    items = [
+def services() -> list[tuple[str, Path]]:
+    """Processes with a pid file of their own, in the order `down` stops them."""
+    return [
         ("web admin", web_pidfile()),
+        ("Celery beat", beat_pidfile()),
         ("Celery worker", worker_pidfile()),
         ("slapd", LDAP_DIR / "slapd.pid"),
         ("BIND", DNS_DIR / "named.pid"),
         ("Redis", REDIS_DIR / "redis.pid"),
-        ("metadata namespace", meta_ns().holder_pidfile),
     ]
+
+
+def components() -> list[tuple[str, Path]]:
+    items = services() + [("metadata namespace", meta_ns().holder_pidfile)]
     for n in _known_servers():
         items.append((f"srv{n} sshd", sshd_pidfile(n)))
         items.append((f"srv{n} namespace", server_ns(n).holder_pidfile))
@@ -954,7 +987,7 @@ def components() -> list[tuple[str, Path]]:
 def down() -> None:
     preflight()
     UP_MARK.unlink(missing_ok=True)
-    for name, pidfile in components()[:5]:
+    for name, pidfile in services():
         pid = proc.running_from(pidfile)
         if pid:
             proc.stop_pid(pid, name, timeout=30)

@@ -98,6 +98,35 @@ class Instance(models.Model):
     lag_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     lag_seconds = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)])
     last_checked = models.DateTimeField(null=True, blank=True)
+    receive_lsn = models.CharField(
+        "received LSN",
+        max_length=17,
+        blank=True,
+        validators=[validate_lsn],
+        help_text="Replica: last WAL location received from its upstream.",
+    )
+    replay_lsn = models.CharField(
+        "replayed LSN",
+        max_length=17,
+        blank=True,
+        validators=[validate_lsn],
+        help_text="Replica: last WAL location replayed.",
+    )
+    upstream_streaming = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Replica: its WAL receiver is streaming (blank: not known or a primary).",
+    )
+    last_error = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Why the last check could not reach it (blank when it answered).",
+    )
+    state_changed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a check last saw its online state or role change.",
+    )
 
     # Flags a DBA (or a failover) sets; operations read them before acting.
     fenced = models.BooleanField(
@@ -149,6 +178,16 @@ class Instance(models.Model):
         ]
         indexes = [
             models.Index(fields=["herd", "role"], name="instance_herd_role_idx"),
+        ]
+        permissions = [
+            ("start_instance", "Can start instances"),
+            ("stop_instance", "Can stop instances"),
+            ("restart_instance", "Can restart instances"),
+            ("reload_instance", "Can reload instances"),
+            ("promote_instance", "Can promote replicas"),
+            ("rebuild_instance", "Can rebuild replicas"),
+            ("remaster_instance", "Can point replicas at another upstream"),
+            ("init_instance", "Can create new instances"),
         ]
 
     def __str__(self) -> str:

@@ -137,7 +137,8 @@ class Job(models.Model):
             ),
         ]
         permissions = [
-            ("cancel_job", "Can cancel jobs"),
+            ("cancel_job", "Can cancel their own jobs"),
+            ("cancel_any_job", "Can cancel anyone's jobs"),
             ("retry_job", "Can retry jobs"),
         ]
 
