@@ -137,6 +137,20 @@ SSH_DEFAULT_PORT = envint("ELEPHAAS_SSH_PORT", 22, 1, 65535)
 SSH_CONNECT_TIMEOUT = envfloat("ELEPHAAS_SSH_CONNECT_TIMEOUT", 10.0, 0.1)
 SSH_COMMAND_TIMEOUT = envfloat("ELEPHAAS_SSH_COMMAND_TIMEOUT", 600.0, 0.1)
 SSH_KEEPALIVE = envint("ELEPHAAS_SSH_KEEPALIVE", 15, 0)
+# At most this many commands run at once on one server from one worker process, so a
+# bulk action over 200 instances does not start 200 pg_ctl processes on one host.
+SSH_MAX_PER_SERVER = envint("ELEPHAAS_SSH_MAX_PER_SERVER", 4, 1, 256)
+
+# --- Commands run on managed servers (instances/commands.py) ----------------------------
+# A preset ("debian": pg_ctlcluster; "pg_ctl": the server's own pg_ctl on the data
+# directory); local_settings.py may override single actions in COMMANDS, e.g.
+# COMMANDS = {"start": ["sudo", "systemctl", "start", "postgresql@{version}-{cluster}"]}.
+COMMANDS_PRESET = envstr("ELEPHAAS_COMMANDS_PRESET", "debian")
+COMMANDS: dict[str, list[str]] = {}
+PG_BINDIR = envstr("ELEPHAAS_PG_BINDIR", "/usr/lib/postgresql/{version}/bin")
+# How long an action waits for PostgreSQL to confirm its result (accepting connections,
+# out of recovery, stopped).
+ACTION_WAIT = envfloat("ELEPHAAS_ACTION_WAIT", 90.0, 1)
 
 # --- Connections to managed PostgreSQL instances (the probe) ---------------------------
 PG_PROBE_USER = envstr("ELEPHAAS_PG_USER", "elephaas")

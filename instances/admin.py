@@ -21,6 +21,7 @@ from django.utils.html import format_html
 
 from herds.models import Herd
 from instances import admin_jobs
+from instances.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin_actions import confirm_and_queue
 from instances.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
 from instances.models import Instance, JobKind, Role, Server, correlated_count
@@ -278,6 +279,13 @@ class InstanceAdmin(admin.ModelAdmin):
     # upstream__server serves the upstream column; without it, one query per replica row.
     list_select_related = ("herd", "server", "upstream__server")
     list_per_page = 100
+    actions = (
+        "start_instances",
+        "stop_instances",
+        "restart_instances",
+        "reload_instances",
+        "promote_instances",
+    )
     ordering = ("herd__name", "server__hostname", "port")
     autocomplete_fields = ("herd", "server", "upstream")
     # Observed state belongs to health polling and jobs; a DBA edits topology and flags.
@@ -357,3 +365,112 @@ class InstanceAdmin(admin.ModelAdmin):
         if instance.needs_rebuild:
             shown.append("needs rebuild")
         return badge(", ".join(shown), RED) if shown else ""
+
+
+def _with_context(queryset: QuerySet[Instance]) -> list[Instance]:
+    """The selected instances with what their warnings need, in a fixed number of queries."""
+    targets = list(
+        queryset.select_related("herd", "server", "upstream__server").annotate(
+            replicas_attached=correlated_count(Instance.objects.all(), "upstream")
+        )
+    )
+    herd_ids = {t.herd_id for t in targets}
+    primaries: dict[int, list[Instance]] = {}
+    for primary in Instance.objects.select_related("herd", "server").filter(
+        herd_id__in=herd_ids, role=Role.PRIMARY, online=True
+    ):
+        primaries.setdefault(primary.herd_id, []).append(primary)
+    for target in targets:
+        others = [p for p in primaries.get(target.herd_id, []) if p.pk != target.pk]
+        target.live_primary_elsewhere = others[0] if others else None
+    return targets
+
+
+def _warnings(action: str):
+    def describe(instance: Instance) -> list[str]:
+        notes = []
+        if instance.fenced and action in ("start", "restart", "promote"):
+            notes.append("fenced (old primary after a failover): the job will refuse")
+        if action in ("stop", "restart") and instance.role == Role.PRIMARY:
+            if instance.replicas_attached:
+                notes.append(
+                    f"primary with {instance.replicas_attached} replica(s) attached: they lose "
+                    "their upstream while it is down"
+                )
+        if action == "promote":
+            if instance.role == Role.PRIMARY:
+                notes.append("already a primary: nothing to do")
+            elif instance.live_primary_elsewhere is not None:
+                notes.append(
+                    f"the herd's primary {instance.live_primary_elsewhere.address} is recorded "
+                    "online: promoting creates two primaries (tick below to accept)"
+                )
+        if instance.online is False and action in ("stop", "reload"):
+            notes.append("recorded offline")
+        return notes
+
+    return describe
+
+
+def _instance_action(kind: str, verb: str, what_happens: str, form_class=None):
+    def action(modeladmin: InstanceAdmin, request: HttpRequest, queryset: QuerySet[Instance]):
+        return confirm_and_queue(
+            modeladmin,
+            request,
+            _with_context(queryset),
+            kind=kind,
+            title=f"{verb.capitalize()} instances",
+            what_happens=what_happens,
+            describe=_warnings(verb),
+            form_class=form_class,
+        )
+
+    action.__name__ = f"{verb}_instances"
+    return action
+
+
+_ACTIONS = {
+    "start": (
+        JobKind.START,
+        "Start the selected instances (pg_ctlcluster start, or the "
+        "COMMANDS preset), then wait until each accepts connections. Running ones are "
+        "left alone.",
+        None,
+    ),
+    "stop": (
+        JobKind.STOP,
+        "Stop the selected instances, then check each refuses connections. "
+        "Stopped ones are left alone.",
+        StopOptionsForm,
+    ),
+    "restart": (
+        JobKind.RESTART,
+        "Restart the selected instances, then wait until each accepts connections again.",
+        StopOptionsForm,
+    ),
+    "reload": (
+        JobKind.RELOAD,
+        "Reload the configuration of the selected instances and check "
+        "that each loaded it (pg_conf_load_time moves forward).",
+        None,
+    ),
+    "promote": (
+        JobKind.PROMOTE,
+        "Promote the selected replicas to primaries (pg_ctl promote), "
+        "wait until each leaves recovery, and record it as primary with no upstream.",
+        PromoteOptionsForm,
+    ),
+}
+for _verb, (_kind, _text, _form) in _ACTIONS.items():
+    _func = _instance_action(_kind, _verb, _text, _form)
+    _func = admin.action(
+        description=f"{_verb.capitalize()} selected instances", permissions=[_verb]
+    )(_func)
+    setattr(InstanceAdmin, f"{_verb}_instances", _func)
+    setattr(
+        InstanceAdmin,
+        f"has_{_verb}_permission",
+        (lambda perm: lambda self, request: request.user.has_perm(perm))(
+            f"instances.{_verb}_instance"
+        ),
+    )

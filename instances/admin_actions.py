@@ -39,13 +39,25 @@ def confirm_and_queue(
     what_happens: str,
     describe: Callable[[object], list[str]] | None = None,
     params: dict | None = None,
+    form_class=None,
 ) -> TemplateResponse | None:
-    """First call: the confirmation page. Second call (POST with `confirm`): queue jobs."""
+    """First call: the confirmation page. Second call (POST with `confirm`): queue jobs.
+
+    `form_class` adds options to the confirmation page (a stop mode, an explicit tick);
+    its cleaned data becomes the jobs' params, and an invalid form shows the page again.
+    """
     targets: Sequence = list(queryset)
     action = request.POST.get("action", "")
-    if request.POST.get("confirm") == "yes":
+    confirmed = request.POST.get("confirm") == "yes"
+    form = None
+    if form_class is not None:
+        form = form_class(request.POST if confirmed else None, targets=targets)
+        if confirmed and not form.is_valid():
+            confirmed = False
+    if confirmed:
+        chosen = {**(params or {}), **(form.cleaned_data if form is not None else {})}
         with transaction.atomic():
-            created = jobs.create_jobs(kind, targets, user=request.user, params=params or {})
+            created = jobs.create_jobs(kind, targets, user=request.user, params=chosen)
         if created:
             url = (
                 reverse("admin:instances_job_changelist")
@@ -69,6 +81,7 @@ def confirm_and_queue(
         "what_happens": what_happens,
         "rows": [(t, describe(t) if describe else []) for t in targets],
         "queryset": targets,
+        "form": form,
         "action": action,
         "opts": modeladmin.model._meta,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,

@@ -104,3 +104,104 @@ class Command:
         """The quoted command line: `NAME='value' ... prog 'arg' ...`."""
         prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in self.env.items())
         return prefix + quote_argv(self.argv)
+
+
+# --- Command builders: the COMMANDS presets -------------------------------------------------
+#
+# A template is a list of words; each word may contain `{placeholders}` that are replaced by
+# instance values *inside that one word*, so a value never becomes more than one argument.
+# `debian` drives clusters through postgresql-common (pg_ctlcluster), as on the lab and on
+# most Debian/Ubuntu fleets; `pg_ctl` drives any data directory with the server's own pg_ctl.
+
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "debian": {
+        "start": ["pg_ctlcluster", "{version}", "{cluster}", "start"],
+        "stop": ["pg_ctlcluster", "--mode", "{mode}", "{version}", "{cluster}", "stop"],
+        "restart": ["pg_ctlcluster", "--mode", "{mode}", "{version}", "{cluster}", "restart"],
+        "reload": ["pg_ctlcluster", "{version}", "{cluster}", "reload"],
+        "promote": ["pg_ctlcluster", "{version}", "{cluster}", "promote"],
+        "status": ["pg_ctlcluster", "{version}", "{cluster}", "status"],
+    },
+    "pg_ctl": {
+        # -l: pg_ctl start must not keep the SSH channel's stdout open for the server's
+        # lifetime; the postmaster logs to a file in its data directory instead.
+        "start": [
+            "{bindir}/pg_ctl",
+            "-D",
+            "{data_dir}",
+            "-l",
+            "{data_dir}/elephaas-start.log",
+            "-w",
+            "-t",
+            "{timeout}",
+            "start",
+        ],
+        "stop": [
+            "{bindir}/pg_ctl",
+            "-D",
+            "{data_dir}",
+            "-m",
+            "{mode}",
+            "-w",
+            "-t",
+            "{timeout}",
+            "stop",
+        ],
+        "restart": [
+            "{bindir}/pg_ctl",
+            "-D",
+            "{data_dir}",
+            "-l",
+            "{data_dir}/elephaas-start.log",
+            "-m",
+            "{mode}",
+            "-w",
+            "-t",
+            "{timeout}",
+            "restart",
+        ],
+        "reload": ["{bindir}/pg_ctl", "-D", "{data_dir}", "reload"],
+        "promote": ["{bindir}/pg_ctl", "-D", "{data_dir}", "-w", "-t", "{timeout}", "promote"],
+        "status": ["{bindir}/pg_ctl", "-D", "{data_dir}", "status"],
+    },
+}
+STOP_MODES = ("smart", "fast", "immediate")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class CommandTemplateError(ValueError):
+    pass
+
+
+def command_templates(
+    preset: str, overrides: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[str]]:
+    """The templates in force: a preset, with any action overridden by settings.COMMANDS."""
+    if preset not in PRESETS:
+        raise CommandTemplateError(
+            f"unknown COMMANDS preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}"
+        )
+    templates = {action: list(words) for action, words in PRESETS[preset].items()}
+    for action, words in (overrides or {}).items():
+        if isinstance(words, str) or not words or not all(isinstance(w, str) for w in words):
+            raise CommandTemplateError(f"COMMANDS[{action!r}] must be a non-empty list of words")
+        templates[action] = list(words)
+    return templates
+
+
+def build(template: Sequence[str], values: Mapping[str, object]) -> list[str]:
+    """Fill a template's placeholders, word by word. Unknown placeholders are an error (a
+    typo in settings must not silently run a different command)."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise CommandTemplateError(
+                f"placeholder {{{name}}} in {' '.join(template)!r} has no value; known: "
+                + ", ".join(sorted(values))
+            )
+        return _check_text(str(values[name]), f"value of {{{name}}}")
+
+    argv = [_PLACEHOLDER.sub(fill, word) for word in template]
+    quote_argv(argv)  # validates: no NUL, not empty
+    return argv

@@ -56,6 +56,21 @@ def operation(kind: str) -> Callable[[Operation], Operation]:
     return register
 
 
+_slots_lock = threading.Lock()
+_slots: dict[str, threading.BoundedSemaphore] = {}
+
+
+@contextmanager
+def server_slot(hostname: str) -> Iterator[None]:
+    """Bound how many commands this process runs on one server at once."""
+    with _slots_lock:
+        slot = _slots.get(hostname)
+        if slot is None:
+            slot = _slots[hostname] = threading.BoundedSemaphore(settings.SSH_MAX_PER_SERVER)
+    with slot:
+        yield
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -355,14 +370,16 @@ class JobContext:
     ) -> ssh.Result:
         with self.step(name, server.hostname, quote_argv(argv)) as step:
             try:
-                result = ssh.run(
-                    server,
-                    list(argv),
-                    check=check,
-                    input=input,
-                    timeout=timeout,
-                    cancel=self.cancel,
-                )
+                with server_slot(server.hostname):
+                    self.check_cancel()
+                    result = ssh.run(
+                        server,
+                        list(argv),
+                        check=check,
+                        input=input,
+                        timeout=timeout,
+                        cancel=self.cancel,
+                    )
             except ssh.SSHError as exc:
                 step.exit_status = exc.exit_status
                 step.output = _tail(exc.stderr_tail or str(exc))
@@ -406,6 +423,9 @@ def execute(job_id: int, task_id: str = "") -> str:
        for unexpected errors), or cancelled.
     """
     close_old_connections()
+    # Operations register themselves when imported; make sure they are, whoever calls.
+    from instances import operations  # noqa: F401
+
     if not claim(job_id, task_id):
         job = Job.objects.filter(pk=job_id).first()
         if job is None:

@@ -268,3 +268,7 @@ def _link_upstreams() -> list[str]:
             replica.save(update_fields=["upstream", "updated_at"])
             linked.append(f"{replica} → {upstream}")
     return linked
+
+
+# The instance actions register themselves on import.
+from instances import lifecycle  # noqa: E402, F401

@@ -30,6 +30,10 @@ class ProbeResult:
     lag_seconds: float | None
     primary_conninfo: str
     duration: float
+    # pg_stat_wal_receiver.status ("streaming", "waiting", …); None when no WAL receiver
+    # runs (a primary, or a replica that lost its upstream); "unknown" when the probe role
+    # may not read it (it needs pg_read_all_stats).
+    wal_receiver_status: str | None = None
 
 
 QUERY = """
@@ -46,12 +50,20 @@ SELECT pg_is_in_recovery(),
             CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
        END,
-       current_setting('primary_conninfo')
+       current_setting('primary_conninfo'),
+       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver LIMIT 1)
 """
 
 
-def connect(hostname: str, port: int, dbname: str | None = None):
+def connect(
+    hostname: str, port: int, dbname: str | None = None, *, statement_timeout: float | None = None
+):
+    """A connection to a managed instance; `statement_timeout` (seconds) bounds each query
+    on the server side, for callers that must answer within a deadline (health polling)."""
     address = f"{hostname}:{port}"
+    extra = {}
+    if statement_timeout is not None:
+        extra["options"] = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
     try:
         return psycopg2.connect(
             host=hostname,
@@ -61,14 +73,15 @@ def connect(hostname: str, port: int, dbname: str | None = None):
             password=settings.PG_PROBE_PASSWORD or None,
             connect_timeout=settings.PG_PROBE_CONNECT_TIMEOUT,
             application_name="elephaas",
+            **extra,
         )
     except psycopg2.OperationalError as exc:
         raise ProbeError(address, _first_line(exc)) from None
 
 
-def probe(hostname: str, port: int) -> ProbeResult:
+def probe(hostname: str, port: int, *, statement_timeout: float | None = None) -> ProbeResult:
     started = time.monotonic()
-    conn = connect(hostname, port)
+    conn = connect(hostname, port, statement_timeout=statement_timeout)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -78,7 +91,7 @@ def probe(hostname: str, port: int) -> ProbeResult:
         raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
     finally:
         conn.close()
-    in_recovery, version_num, lsn, receive, replay, lag_bytes, lag_seconds, conninfo = row
+    in_recovery, version_num, lsn, receive, replay, lag_bytes, lag_seconds, conninfo, wal = row
     return ProbeResult(
         in_recovery=in_recovery,
         version_num=version_num,
@@ -89,9 +102,24 @@ def probe(hostname: str, port: int) -> ProbeResult:
         lag_seconds=float(lag_seconds) if lag_seconds is not None else None,
         primary_conninfo=conninfo or "",
         duration=time.monotonic() - started,
+        wal_receiver_status=wal,
     )
 
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def conf_load_time(hostname: str, port: int) -> str:
+    """When the server last (re)loaded its configuration: a reload moves it forward."""
+    conn = connect(hostname, port)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_conf_load_time()::text")
+            return cur.fetchone()[0]
+    except psycopg2.Error as exc:
+        raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
+    finally:
+        conn.close()

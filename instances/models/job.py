@@ -35,6 +35,11 @@ class JobState(models.TextChoices):
 class JobKind(models.TextChoices):
     DISCOVER = "discover", "discover instances"
     CHECK_SERVER = "check_server", "check SSH connection"
+    START = "start", "start"
+    STOP = "stop", "stop"
+    RESTART = "restart", "restart"
+    RELOAD = "reload", "reload"
+    PROMOTE = "promote", "promote"
 
 
 class JobOrigin(models.TextChoices):
