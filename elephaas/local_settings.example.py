@@ -66,8 +66,16 @@ Values shown are the defaults.
 # ELEPHAAS_LDAP_USER_BASE=ou=people,dc=elephaas,dc=test
 # ELEPHAAS_LDAP_USER_FILTER=(uid=%(user)s)
 # ELEPHAAS_LDAP_GROUP_BASE=ou=groups,dc=elephaas,dc=test
-# ELEPHAAS_LDAP_START_TLS=false
-# ELEPHAAS_LDAP_TIMEOUT=5
+# ELEPHAAS_LDAP_GROUP_FILTER=(objectClass=groupOfNames)
+# ELEPHAAS_LDAP_START_TLS=false   (certificate checked against the system CAs / ldap.conf)
+# ELEPHAAS_LDAP_TIMEOUT=5         seconds for the connect and for each bind or search
+# LDAP group (cn) -> role, mirrored at every login; an empty value maps no group:
+# ELEPHAAS_LDAP_GROUP_DBA=elephaas-dba
+# ELEPHAAS_LDAP_GROUP_OPERATOR=elephaas-operator
+# ELEPHAAS_LDAP_GROUP_VIEWER=elephaas-viewer
+# ELEPHAAS_LDAP_GROUP_SUPERUSER=elephaas-admins   (members become Django superusers)
+# Further django-auth-ldap settings (AUTH_LDAP_*) can be set here, e.g.
+# AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
 
 # Example of an override that needs Python:
 # LOGGING["loggers"]["elephaas.audit"] = {"handlers": ["console"], "level": "INFO"}

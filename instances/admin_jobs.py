@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from elephaas.admin_security import AuditedActionsMixin
 from instances import jobs
 from instances.models import Job, JobState, JobStep
+
+audit = logging.getLogger("elephaas.audit")
 
 STATE_COLOURS = {
     JobState.QUEUED: "#6c757d",
@@ -73,7 +78,7 @@ class JobStepInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "kind",
@@ -210,7 +215,25 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs", permissions=["cancel"])
     def cancel_jobs(self, request, queryset: QuerySet) -> None:
+        # cancel_job covers one's own jobs only; cancel_any_job (DBAs) everyone's.
+        any_job = request.user.has_perm("instances.cancel_any_job")
         for job in queryset:
+            if not any_job and job.requested_by_id != request.user.pk:
+                audit.warning(
+                    "cancel of job #%s refused: %r from %s may cancel only their own jobs "
+                    "(it was queued by %r)",
+                    job.pk,
+                    request.user.get_username(),
+                    request.META.get("REMOTE_ADDR") or "-",
+                    job.requested_by_name,
+                )
+                self.message_user(
+                    request,
+                    f"Job #{job.pk} was queued by {job.requested_by_name or 'someone else'}: "
+                    "you may cancel only your own jobs.",
+                    messages.ERROR,
+                )
+                continue
             self.message_user(request, jobs.cancel(job, request.user))
 
     @admin.action(description="Retry selected failed or cancelled jobs", permissions=["retry"])
@@ -232,7 +255,9 @@ class JobAdmin(admin.ModelAdmin):
                 )
 
     def has_cancel_permission(self, request) -> bool:
-        return request.user.has_perm("instances.cancel_job")
+        return request.user.has_perm("instances.cancel_job") or request.user.has_perm(
+            "instances.cancel_any_job"
+        )
 
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("instances.retry_job")
