@@ -16,3 +16,15 @@ class Role(models.TextChoices):
     REPLICA = "replica", "replica"
     # Not yet discovered, or the last probe could not tell (instance down).
     UNKNOWN = "unknown", "unknown"
+
+
+class ReplicationHealth(models.TextChoices):
+    """A replica's replication as the last health sweep left it (instances.health)."""
+
+    STREAMING = "streaming", "streaming"
+    LAGGING = "lagging", "lagging"
+    NOT_STREAMING = "not_streaming", "not streaming"
+    # Its recorded upstream is offline: nothing to stream from.
+    UPSTREAM_GONE = "upstream_gone", "upstream gone"
+    # Offline itself, not checked yet, or the probe role may not read pg_stat_wal_receiver.
+    UNKNOWN = "unknown", "unknown"

@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from instances import jobs
+from instances import health, jobs
 
 
 @shared_task(
@@ -27,6 +27,18 @@ def run_job(self, job_id: int) -> str:
 @shared_task(name="instances.reap_lost_jobs")
 def reap_lost_jobs() -> int:
     return jobs.reap_lost_jobs()
+
+
+@shared_task(
+    name="instances.poll_health",
+    # A sweep that could not run before the next one is due is not worth running late.
+    expires=settings.HEALTH_INTERVAL,
+    soft_time_limit=max(60, 20 * settings.PG_PROBE_CONNECT_TIMEOUT),
+    time_limit=max(60, 20 * settings.PG_PROBE_CONNECT_TIMEOUT) + 30,
+)
+def poll_health() -> dict:
+    """Probe every instance and record what was seen (instances.health.sweep)."""
+    return health.sweep().as_dict()
 
 
 @worker_ready.connect

@@ -1,0 +1,227 @@
+"""The fleet at a glance on the admin index, and the health filters and badges it links to."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from herds.models import Herd
+from instances.choices import ReplicationHealth, Role
+from instances.health import replication_health, replication_q
+from instances.health_display import (
+    ReplicationListFilter,
+    herd_health_annotations,
+    herd_health_summary,
+)
+from instances.models import Instance, Job, JobKind, JobState
+from tests.factories import make_environment, make_herd, make_instance, make_server
+
+pytestmark = pytest.mark.django_db
+
+INDEX_URL = reverse("admin:index")
+MB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def thresholds(settings):
+    settings.HEALTH_LAG_BYTES = 16 * MB
+    settings.HEALTH_LAG_SECONDS = 60.0
+    settings.HEALTH_INTERVAL = 30.0
+
+
+@pytest.fixture
+def replication_filter(monkeypatch):
+    """The instance list with ReplicationListFilter, as the lead wires it into the admin."""
+    model_admin = admin.site._registry[Instance]
+    monkeypatch.setattr(
+        model_admin, "list_filter", (*model_admin.list_filter, ReplicationListFilter)
+    )
+
+
+def figures(page: str) -> dict[str, int]:
+    return {key: int(value) for key, value in re.findall(r'id="fleet-([\w]+)"[^>]*>(\d+)<', page)}
+
+
+def links(page: str) -> dict[str, str]:
+    found = re.findall(r'<a href="([^"]+)" id="fleet-([\w]+)"', page)
+    return {key: url.replace("&amp;", "&") for url, key in found}
+
+
+def build_fleet() -> None:
+    """One of each state the dashboard counts."""
+    environment = make_environment()
+    now = timezone.now()
+    # healthy herd: a primary, a streaming, a lagging, a not-streaming and an offline replica
+    herd = make_herd(environment=environment)
+    primary = make_instance(herd=herd, role=Role.PRIMARY, online=True, last_checked=now)
+    for fields in (
+        {"upstream_streaming": True, "lag_bytes": 0, "lag_seconds": 0.0},
+        {"upstream_streaming": True, "lag_bytes": 20 * MB, "lag_seconds": 40.0},
+        {"upstream_streaming": True, "lag_bytes": 0, "lag_seconds": 90.0},
+        {"upstream_streaming": False, "lag_bytes": None, "lag_seconds": 0.0},
+    ):
+        make_instance(herd=herd, upstream=primary, online=True, **fields)
+    make_instance(herd=herd, upstream=primary, online=False, lag_bytes=50 * MB)
+    # a herd whose primary is down: its replica's upstream is gone
+    herd = make_herd(environment=environment)
+    down = make_instance(herd=herd, role=Role.PRIMARY, online=False)
+    make_instance(herd=herd, upstream=down, online=True, upstream_streaming=False)
+    # split-brain: two online primaries
+    herd = make_herd(environment=environment)
+    make_instance(herd=herd, role=Role.PRIMARY, online=True)
+    make_instance(herd=herd, role=Role.PRIMARY, online=True)
+    # never checked
+    make_instance(role=Role.UNKNOWN, online=None)
+    server = make_server(environment=environment)
+    for state, finished in (
+        (JobState.RUNNING, None),
+        (JobState.FAILED, now - timedelta(hours=1)),
+        (JobState.FAILED, now - timedelta(hours=30)),
+        (JobState.SUCCEEDED, now - timedelta(hours=1)),
+    ):
+        Job.objects.create(kind=JobKind.DISCOVER, server=server, state=state, finished_at=finished)
+
+
+def grow_fleet(instances: int) -> None:
+    environment = make_environment()
+    added = 0
+    while added < instances:
+        herd = make_herd(environment=environment)
+        primary = make_instance(herd=herd, role=Role.PRIMARY, online=True)
+        added += 1
+        for online in (True, False, None, True)[: instances - added]:
+            make_instance(herd=herd, upstream=primary, online=online, lag_bytes=20 * MB)
+            added += 1
+
+
+def queries_for(client) -> int:
+    client.get(INDEX_URL)
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(INDEX_URL)
+    assert response.status_code == 200
+    return len(captured)
+
+
+def test_it_shows_the_fleet_at_a_glance(admin_client):
+    build_fleet()
+    page = admin_client.get(INDEX_URL).content.decode()
+    assert "Fleet at a glance: 11 instances" in page
+    assert figures(page) == {
+        "online": 8,
+        "offline": 2,
+        "unknown": 1,
+        "primaries": 4,
+        "replicas": 6,
+        "lagging": 2,
+        "not_streaming": 1,
+        "upstream_gone": 1,
+        "split_brain": 1,
+        "jobs_running": 1,
+        "jobs_failed": 1,
+    }
+    # The app list is still there, below.
+    assert page.index('id="fleet-dashboard"') < page.index("app-instances")
+
+
+def test_it_links_each_figure_to_a_list_showing_as_many_rows(admin_client, replication_filter):
+    build_fleet()
+    page = admin_client.get(INDEX_URL).content.decode()
+    shown, urls = figures(page), links(page)
+    assert set(urls) == set(shown)
+    for key, url in urls.items():
+        response = admin_client.get(url)
+        assert response.status_code == 200, (key, url)
+        assert response.context["cl"].result_count == shown[key], (key, url)
+
+
+def test_it_flags_health_polling_that_stopped(admin_client):
+    make_instance(online=True, last_checked=timezone.now() - timedelta(minutes=10))
+    page = admin_client.get(INDEX_URL).content.decode()
+    assert "Health polling is late" in page
+    Instance.objects.update(last_checked=timezone.now())
+    assert "Health polling is late" not in admin_client.get(INDEX_URL).content.decode()
+
+
+def test_it_costs_the_same_queries_for_10_and_100_instances(admin_client):
+    grow_fleet(10)
+    small = queries_for(admin_client)
+    grow_fleet(90)
+    assert Instance.objects.count() == 100
+    assert queries_for(admin_client) == small
+
+
+def test_it_hides_the_dashboard_from_users_who_cannot_view_instances(client):
+    user = User.objects.create_user("victor", password="x", is_staff=True)
+    client.force_login(user)
+    make_instance()
+    assert 'id="fleet-dashboard"' not in client.get(INDEX_URL).content.decode()
+    user.user_permissions.add(Permission.objects.get(codename="view_instance"))
+    client.force_login(User.objects.get(pk=user.pk))
+    page = client.get(INDEX_URL).content.decode()
+    assert 'id="fleet-dashboard"' in page
+    # Figures of lists it may not open are left out.
+    assert "fleet-jobs_failed" not in page and "fleet-split_brain" not in page
+
+
+def test_the_filter_classifies_like_the_badge():
+    """Every combination of the fields that decide, in the DB and in Python: same answer."""
+    herd = make_herd()
+    ups = {
+        state: make_instance(herd=herd, role=Role.PRIMARY, online=state)
+        for state in (True, False, None)
+    }
+    combos = itertools.product(
+        (True, False, None),  # online
+        (None, True, False),  # upstream online (None: no upstream)
+        (True, False, None),  # upstream_streaming
+        (None, 0, 20 * MB),  # lag_bytes
+        (None, 1.0, 90.0),  # lag_seconds
+    )
+    for online, upstream, streaming, lag, seconds in combos:
+        make_instance(
+            herd=herd,
+            online=online,
+            upstream=ups[upstream] if upstream is not None else None,
+            upstream_streaming=streaming,
+            lag_bytes=lag,
+            lag_seconds=seconds,
+        )
+    rows = list(Instance.objects.select_related("upstream"))
+    for state in ReplicationHealth:
+        in_db = set(Instance.objects.filter(replication_q(state)).values_list("pk", flat=True))
+        in_python = {row.pk for row in rows if replication_health(row) == state}
+        assert in_db == in_python, state
+    replicas = {row.pk for row in rows if row.role == Role.REPLICA}
+    classified = set()
+    for state in ReplicationHealth:
+        classified |= set(
+            Instance.objects.filter(replication_q(state)).values_list("pk", flat=True)
+        )
+    assert classified == replicas
+
+
+def test_it_summarises_herds_with_annotations_only():
+    environment = make_environment()
+    healthy, troubled = make_herd(environment=environment), make_herd(environment=environment)
+    primary = make_instance(herd=healthy, role=Role.PRIMARY, online=True)
+    make_instance(herd=healthy, upstream=primary, online=True, upstream_streaming=True)
+    down = make_instance(herd=troubled, role=Role.PRIMARY, online=False)
+    make_instance(herd=troubled, upstream=down, online=True, upstream_streaming=False)
+    make_instance(herd=troubled, upstream=down, online=None)
+    with CaptureQueriesContext(connection) as captured:
+        herds = {h.pk: h for h in Herd.objects.annotate(**herd_health_annotations())}
+        summaries = {pk: herd_health_summary(h) for pk, h in herds.items()}
+    assert len(captured) == 1
+    assert ">all 2 online<" in summaries[healthy.pk]
+    assert ">1 offline<" in summaries[troubled.pk]
+    assert ">1 not streaming<" in summaries[troubled.pk]
+    assert ">1 unknown<" in summaries[troubled.pk]
