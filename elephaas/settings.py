@@ -151,6 +151,12 @@ PG_BINDIR = envstr("ELEPHAAS_PG_BINDIR", "/usr/lib/postgresql/{version}/bin")
 # How long an action waits for PostgreSQL to confirm its result (accepting connections,
 # out of recovery, stopped).
 ACTION_WAIT = envfloat("ELEPHAAS_ACTION_WAIT", 90.0, 1)
+# Replication role written into primary_conninfo when a replica is (re)pointed; its
+# password lives in ~postgres/.pgpass on each server, never in ElepHaaS.
+REPLICATION_USER = envstr("ELEPHAAS_REPLICATION_USER", "replicator")
+# A failover that may lose more WAL than this (bytes between the old primary's last known
+# position and the best replica) is refused unless the DBA ticks "accept data loss".
+FAILOVER_MAX_LOSS_BYTES = envint("ELEPHAAS_FAILOVER_MAX_LOSS_BYTES", 1024 * 1024, 0)
 
 # --- Connections to managed PostgreSQL instances (the probe) ---------------------------
 PG_PROBE_USER = envstr("ELEPHAAS_PG_USER", "elephaas")
@@ -170,14 +176,50 @@ DNS_TTL = envint("ELEPHAAS_DNS_TTL", 30, 0)
 DNS_TIMEOUT = envfloat("ELEPHAAS_DNS_TIMEOUT", 5.0, 0.1)
 
 # --- LDAP (empty URI: local users only) ------------------------------------------------
+# With a URI, a login is checked by LDAP (elephaas/auth.py), then by Django's own users,
+# where the break-glass superuser lives: local accounts with a password are never sent to
+# LDAP, so they work while LDAP is down. At each LDAP login the user's LDAP groups (cn)
+# are mirrored onto the roles, the Django groups made by herds/migrations/0004_roles.py.
+import ldap  # noqa: E402
+from django_auth_ldap.config import GroupOfNamesType, LDAPSearch  # noqa: E402
+
 LDAP_URI = envstr("ELEPHAAS_LDAP_URI", "")
 LDAP_BIND_DN = envstr("ELEPHAAS_LDAP_BIND_DN", "")
 LDAP_BIND_PASSWORD = envsecret("ELEPHAAS_LDAP_BIND_PASSWORD")
 LDAP_USER_BASE = envstr("ELEPHAAS_LDAP_USER_BASE", "ou=people,dc=elephaas,dc=test")
 LDAP_USER_FILTER = envstr("ELEPHAAS_LDAP_USER_FILTER", "(uid=%(user)s)")
 LDAP_GROUP_BASE = envstr("ELEPHAAS_LDAP_GROUP_BASE", "ou=groups,dc=elephaas,dc=test")
+LDAP_GROUP_FILTER = envstr("ELEPHAAS_LDAP_GROUP_FILTER", "(objectClass=groupOfNames)")
 LDAP_START_TLS = envbool("ELEPHAAS_LDAP_START_TLS", False)
 LDAP_TIMEOUT = envint("ELEPHAAS_LDAP_TIMEOUT", 5, 1)
+# Role (Django group) -> LDAP group cn; an empty name gives that role to no LDAP group.
+LDAP_ROLE_GROUPS = {
+    "dba": envstr("ELEPHAAS_LDAP_GROUP_DBA", "elephaas-dba"),
+    "operator": envstr("ELEPHAAS_LDAP_GROUP_OPERATOR", "elephaas-operator"),
+    "viewer": envstr("ELEPHAAS_LDAP_GROUP_VIEWER", "elephaas-viewer"),
+}
+LDAP_SUPERUSER_GROUP = envstr("ELEPHAAS_LDAP_GROUP_SUPERUSER", "elephaas-admins")
+
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+if LDAP_URI:
+    AUTHENTICATION_BACKENDS.insert(0, "elephaas.auth.ElephaasLDAPBackend")
+AUTH_LDAP_SERVER_URI = LDAP_URI
+AUTH_LDAP_BIND_DN = LDAP_BIND_DN
+AUTH_LDAP_BIND_PASSWORD = LDAP_BIND_PASSWORD
+AUTH_LDAP_START_TLS = LDAP_START_TLS
+AUTH_LDAP_USER_SEARCH = LDAPSearch(LDAP_USER_BASE, ldap.SCOPE_SUBTREE, LDAP_USER_FILTER)
+AUTH_LDAP_GROUP_SEARCH = LDAPSearch(LDAP_GROUP_BASE, ldap.SCOPE_SUBTREE, LDAP_GROUP_FILTER)
+AUTH_LDAP_GROUP_TYPE = GroupOfNamesType(name_attr="cn")
+AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
+# Names, e-mail and (in elephaas/auth.py) roles are refreshed at every login.
+AUTH_LDAP_ALWAYS_UPDATE_USER = True
+# Without these a dead or hung LDAP server holds a login, and a web worker, for minutes:
+# NETWORK_TIMEOUT bounds the TCP connect, TIMEOUT each bind, search and StartTLS.
+AUTH_LDAP_CONNECTION_OPTIONS = {
+    ldap.OPT_NETWORK_TIMEOUT: LDAP_TIMEOUT,
+    ldap.OPT_TIMEOUT: LDAP_TIMEOUT,
+    ldap.OPT_REFERRALS: 0,
+}
 
 LOGGING = {
     "version": 1,

@@ -14,13 +14,16 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from herds.models import DRCandidate, DRPair, Environment, Herd
+from elephaas.admin_security import AuditedActionsMixin
+from herds.admin_dns import RefreshDNSActionMixin
+from herds.models import DRCandidate, Drill, DRPair, Environment, Herd
+from instances import health_display
 from instances.admin import RED, badge, format_bytes, online_badge
 from instances.models import Instance, Role, Server, correlated_count
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(admin.ModelAdmin):
+class EnvironmentAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = ("name", "description", "herd_count", "server_count")
     list_filter = ()
     search_fields = ("name", "description")
@@ -106,8 +109,33 @@ class DRCandidateInline(admin.TabularInline):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
+class DrillActionsMixin(RefreshDNSActionMixin):
+    """Switchover, failover and DNS refresh on herds and DR pairs; each declares its
+    permission."""
+
+    actions = ("switchover_herds", "failover_herds", "refresh_dns_herds")
+
+    @admin.action(description="Planned switchover of selected herds", permissions=["switchover"])
+    def switchover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from herds.admin_drills import switchover_action
+
+        return switchover_action(self, request, queryset)
+
+    @admin.action(description="DR failover of selected herds", permissions=["failover"])
+    def failover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from herds.admin_drills import failover_action
+
+        return failover_action(self, request, queryset)
+
+    def has_switchover_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("herds.switchover_herd")
+
+    def has_failover_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("herds.failover_herd")
+
+
 @admin.register(Herd)
-class HerdAdmin(admin.ModelAdmin):
+class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "environment",
@@ -117,6 +145,7 @@ class HerdAdmin(admin.ModelAdmin):
         "primary_column",
         "replica_count_column",
         "split_brain_column",
+        "health",
         "instances_link",
     )
     list_filter = ("environment", "pg_version")
@@ -145,7 +174,16 @@ class HerdAdmin(admin.ModelAdmin):
         return recent_jobs_html(Job.objects.filter(Q(herd=herd) | Q(instance__herd=herd)))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Herd]:
-        return super().get_queryset(request).with_summary()
+        return (
+            super()
+            .get_queryset(request)
+            .with_summary()
+            .annotate(**health_display.herd_health_annotations())
+        )
+
+    @admin.display(description="health")
+    def health(self, herd: Herd) -> str:
+        return health_display.herd_health_summary(herd)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Herd | None = None):
         # Fixed at creation (see Herd.save): it is the name of a cluster on disk.
@@ -193,7 +231,7 @@ class HerdAdmin(admin.ModelAdmin):
 
 
 @admin.register(DRPair)
-class DRPairAdmin(admin.ModelAdmin):
+class DRPairAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
     """Every herd with a primary and at least one replica, as the original ElepHaaS listed.
 
     Read-only: DR candidates are acknowledged on the herd's page.
@@ -287,3 +325,57 @@ class DRPairAdmin(admin.ModelAdmin):
     @admin.display(description="split-brain", ordering="online_primary_count")
     def split_brain_column(self, herd: Herd) -> str:
         return split_brain_flag(herd)
+
+
+@admin.register(Drill)
+class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
+    """Past switchovers and failovers with the figures an auditor asks for."""
+
+    list_display = (
+        "started_at",
+        "herd",
+        "kind",
+        "requested_by_name",
+        "old_primary",
+        "new_primary",
+        "rto",
+        "dns_cutover",
+        "data_lost",
+        "outcome",
+        "job_link",
+    )
+    list_filter = ("kind", "herd__environment", "herd")
+    search_fields = ("herd__name", "requested_by_name", "old_primary", "new_primary")
+    list_select_related = ("herd", "job")
+    list_per_page = 100
+    date_hierarchy = "started_at"
+    readonly_fields = [f.name for f in Drill._meta.fields] + ["rto", "dns_cutover", "data_lost"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="RTO (s)")
+    def rto(self, drill: Drill) -> str:
+        return "—" if drill.rto_seconds is None else f"{drill.rto_seconds:.2f}"
+
+    @admin.display(description="DNS cut-over (s)")
+    def dns_cutover(self, drill: Drill) -> str:
+        if drill.dns_ok is False:
+            return format_html('<strong style="color:#ba2121">failed</strong>')
+        return "—" if drill.dns_seconds is None else f"{drill.dns_seconds:.2f}"
+
+    @admin.display(description="data lost", ordering="data_lost_bytes")
+    def data_lost(self, drill: Drill) -> str:
+        if drill.data_lost_bytes is None:
+            return "unknown"
+        return format_bytes(drill.data_lost_bytes)
+
+    @admin.display(description="job")
+    def job_link(self, drill: Drill) -> str:
+        return format_html('<a href="{}">#{}</a>', drill.job.get_absolute_url(), drill.job_id)

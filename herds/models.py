@@ -307,3 +307,52 @@ class DRCandidate(models.Model):
                     f"replicas can be acknowledged as DR candidates."
                 }
             )
+
+
+class DrillKind(models.TextChoices):
+    SWITCHOVER = "switchover", "planned switchover"
+    FAILOVER = "failover", "DR failover"
+
+
+class Drill(models.Model):
+    """The auditor's record of one switchover or failover: who, when, how fast, what lost.
+
+    Written by the job as it runs; `rto_seconds` is from the job's start to the moment the
+    new primary accepted a write, `data_lost_bytes` the WAL between the old primary's last
+    known position and the promoted one (0 for a switchover, by construction).
+    """
+
+    job = models.OneToOneField("instances.Job", on_delete=models.CASCADE, related_name="drill")
+    herd = models.ForeignKey(Herd, on_delete=models.PROTECT, related_name="drills")
+    kind = models.CharField(max_length=16, choices=DrillKind.choices)
+    requested_by_name = models.CharField(max_length=150, blank=True)
+    plan = models.TextField(blank=True, help_text="The plan's sentence: what and why.")
+    old_primary = models.CharField(max_length=300, blank=True)
+    new_primary = models.CharField(max_length=300, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    writable_at = models.DateTimeField(null=True, blank=True)
+    dns_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_known_lsn = models.CharField(max_length=17, blank=True)
+    promoted_lsn = models.CharField(max_length=17, blank=True)
+    data_lost_bytes = models.BigIntegerField(null=True, blank=True)
+    dns_ok = models.BooleanField(null=True)
+    outcome = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.herd.name} at {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def rto_seconds(self) -> float | None:
+        if self.writable_at is None:
+            return None
+        return (self.writable_at - self.started_at).total_seconds()
+
+    @property
+    def dns_seconds(self) -> float | None:
+        if self.dns_at is None:
+            return None
+        return (self.dns_at - self.started_at).total_seconds()

@@ -19,8 +19,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
-from instances import admin_jobs
+from instances import admin_jobs, health_display
 from instances.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin_actions import confirm_and_queue
 from instances.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
@@ -84,7 +85,7 @@ class HerdListFilter(admin.RelatedFieldListFilter):
 
 
 @admin.register(Server)
-class ServerAdmin(admin.ModelAdmin):
+class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = (
         "hostname",
         "environment",
@@ -252,7 +253,7 @@ class ServerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Instance)
-class InstanceAdmin(admin.ModelAdmin):
+class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = (
         "herd",
         "server",
@@ -260,10 +261,12 @@ class InstanceAdmin(admin.ModelAdmin):
         "role_badge",
         "upstream_address",
         "online_badge",
+        "replication",
         "pg_version",
         "lag",
         "flags",
         "last_checked",
+        "changed",
     )
     list_display_links = ("herd", "server")
     list_filter = (
@@ -271,6 +274,7 @@ class InstanceAdmin(admin.ModelAdmin):
         ("herd", HerdListFilter),
         "role",
         "online",
+        health_display.ReplicationListFilter,
         "pg_version",
         "fenced",
         "needs_rebuild",
@@ -295,6 +299,11 @@ class InstanceAdmin(admin.ModelAdmin):
         "lag_bytes",
         "lag_seconds",
         "last_checked",
+        "receive_lsn",
+        "replay_lsn",
+        "upstream_streaming",
+        "last_error",
+        "state_changed_at",
         "streams_from",
         "created_at",
         "updated_at",
@@ -313,6 +322,11 @@ class InstanceAdmin(admin.ModelAdmin):
                     "lag_bytes",
                     "lag_seconds",
                     "last_checked",
+                    "receive_lsn",
+                    "replay_lsn",
+                    "upstream_streaming",
+                    "last_error",
+                    "state_changed_at",
                     "streams_from",
                     "created_at",
                     "updated_at",
@@ -345,6 +359,14 @@ class InstanceAdmin(admin.ModelAdmin):
     @admin.display(description="online", ordering="online")
     def online_badge(self, instance: Instance) -> str:
         return online_badge(instance.online)
+
+    @admin.display(description="replication")
+    def replication(self, instance: Instance) -> str:
+        return health_display.replication_badge(instance)
+
+    @admin.display(description="changed", ordering="state_changed_at")
+    def changed(self, instance: Instance) -> str:
+        return health_display.changed_recently(instance)
 
     @admin.display(description="lag", ordering="lag_bytes")
     def lag(self, instance: Instance) -> str:

@@ -40,6 +40,9 @@ def confirm_and_queue(
     describe: Callable[[object], list[str]] | None = None,
     params: dict | None = None,
     form_class=None,
+    params_for: Callable[[object], dict] | None = None,
+    template: str = "admin/elephaas/confirm_jobs.html",
+    extra_context: dict | None = None,
 ) -> TemplateResponse | None:
     """First call: the confirmation page. Second call (POST with `confirm`): queue jobs.
 
@@ -57,7 +60,9 @@ def confirm_and_queue(
     if confirmed:
         chosen = {**(params or {}), **(form.cleaned_data if form is not None else {})}
         with transaction.atomic():
-            created = jobs.create_jobs(kind, targets, user=request.user, params=chosen)
+            created = jobs.create_jobs(
+                kind, targets, user=request.user, params=chosen, params_for=params_for
+            )
         if created:
             url = (
                 reverse("admin:instances_job_changelist")
@@ -86,5 +91,6 @@ def confirm_and_queue(
         "opts": modeladmin.model._meta,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "media": modeladmin.media,
+        **(extra_context or {}),
     }
-    return TemplateResponse(request, "admin/elephaas/confirm_jobs.html", context)
+    return TemplateResponse(request, template, context)

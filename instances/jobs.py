@@ -96,11 +96,13 @@ def create_jobs(
     *,
     user=None,
     params: dict | None = None,
+    params_for: Callable[[object], dict] | None = None,
     origin: str = JobOrigin.ADMIN,
     queue: bool = True,
 ) -> list[Job]:
     """One queued job per target, sharing a batch id; enqueued when the transaction commits
-    (`queue=False`: the caller runs them itself with run_inline)."""
+    (`queue=False`: the caller runs them itself with run_inline). `params_for(target)` adds
+    per-target options (e.g. the primary the DBA saw on the confirmation page)."""
     batch = uuid.uuid4()
     name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
     jobs = []
@@ -112,7 +114,7 @@ def create_jobs(
                 requested_by=user,
                 requested_by_name=name,
                 origin=origin,
-                params=params or {},
+                params={**(params or {}), **(params_for(target) if params_for else {})},
                 task_id=str(uuid.uuid4()),
                 **_target_fields(target),
             )

@@ -44,7 +44,10 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        CASE WHEN pg_is_in_recovery()
-            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+            -- After a restart the receive position starts at a segment boundary, behind
+            -- what was already replayed: that is no lag.
+            THEN GREATEST(pg_wal_lsn_diff(pg_last_wal_receive_lsn(),
+                                          pg_last_wal_replay_lsn()), 0)::bigint
        END,
        CASE WHEN pg_is_in_recovery() THEN
             CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
@@ -63,7 +66,11 @@ def connect(
     address = f"{hostname}:{port}"
     extra = {}
     if statement_timeout is not None:
-        extra["options"] = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
+        milliseconds = max(1, int(statement_timeout * 1000))
+        extra["options"] = f"-c statement_timeout={milliseconds}"
+        # A host that vanishes mid-query never answers, so the server-side timeout
+        # cannot fire: give up on data left unacknowledged as long.
+        extra["tcp_user_timeout"] = milliseconds
     try:
         return psycopg2.connect(
             host=hostname,
@@ -123,3 +130,40 @@ def conf_load_time(hostname: str, port: int) -> str:
         raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
     finally:
         conn.close()
+
+
+def _run(hostname: str, port: int, sql: str, params: list | None = None):
+    conn = connect(hostname, port)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone() if cur.description else None
+    except psycopg2.Error as exc:
+        raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
+    finally:
+        conn.close()
+
+
+def check_writable(hostname: str, port: int) -> str:
+    """Prove the instance accepts writes: assigning a transaction id fails in recovery.
+    Returns the WAL position afterwards."""
+    row = _run(hostname, port, "SELECT txid_current(), pg_current_wal_lsn()::text")
+    return row[1]
+
+
+def set_primary_conninfo(hostname: str, port: int, conninfo: str) -> None:
+    """Point a running replica at another upstream (PostgreSQL 13+: a reload suffices).
+    The conninfo carries no password: the walreceiver reads ~postgres/.pgpass."""
+    _run(hostname, port, "ALTER SYSTEM SET primary_conninfo = %s", [conninfo])
+    _run(hostname, port, "SELECT pg_reload_conf()")
+
+
+def wal_receiver(hostname: str, port: int) -> tuple[str, str, int] | None:
+    """(status, sender host, sender port) of the replica's WAL receiver, or None."""
+    row = _run(hostname, port, "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver")
+    return (row[0], row[1] or "", row[2] or 0) if row else None
+
+
+def checkpoint(hostname: str, port: int) -> None:
+    _run(hostname, port, "CHECKPOINT")

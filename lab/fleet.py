@@ -493,6 +493,29 @@ def boot_clusters(number: int) -> None:
             ns.run(["pg_ctlcluster", version, name, "start"], check=False, timeout=120)
 
 
+def crash_server(number: int) -> list[int]:
+    """Simulate a server dying: SIGKILL every process in its namespace (sshd, its sessions,
+    every postmaster) except the holder, so that established connections drop too."""
+    import signal
+
+    ns = server_ns(number)
+    holder = ns.holder()
+    killed = []
+    for pid in ns.leftover_pids():
+        if pid != holder:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    for pid in killed:
+        for _ in range(100):
+            if not proc.alive(pid):
+                break
+            time.sleep(0.02)
+    return killed
+
+
 def write_trust(numbers: list[int]) -> None:
     """Every server trusts the controller's key and every other server's postgres key, and
     knows every server's host key (pinned: servers never accept an unknown host key)."""
@@ -506,6 +529,10 @@ def write_trust(numbers: list[int]) -> None:
         hosts.append(f"{name},srv{n}.{ZONE} {host_key}")
     replication = ensure_secret("replication_password")
     probe = ensure_secret("pg_password")
+    # The controller's own pgpass, for benchmarks' pgbench and psql against lab instances.
+    controller_pgpass = SECRETS_DIR / "pgpass"
+    controller_pgpass.write_text(f"*:*:*:elephaas:{probe}\n")
+    os.chmod(controller_pgpass, 0o600)
     for n in numbers:
         home = SERVERS_DIR / f"srv{n}" / "lib"
         files = {
@@ -802,6 +829,8 @@ def write_env_file() -> None:
         "ELEPHAAS_DNS_TSIG_NAME": TSIG_NAME,
         "ELEPHAAS_DNS_TSIG_ALGORITHM": "hmac-sha256",
         "ELEPHAAS_DNS_TSIG_SECRET_FILE": SECRETS_DIR / "tsig_secret",
+        # Lab servers are known by address, so vhosts are A records (a CNAME needs a name).
+        "ELEPHAAS_DNS_RECORD_TYPE": "A",
         "ELEPHAAS_LDAP_URI": f"ldap://127.0.0.1:{LDAP_PORT}",
         "ELEPHAAS_LDAP_BIND_DN": f"uid=elephaas,ou=services,{LDAP_BASE}",
         "ELEPHAAS_LDAP_BIND_PASSWORD_FILE": SECRETS_DIR / "ldap_service_password",

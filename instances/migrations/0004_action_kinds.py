@@ -4,15 +4,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('instances', '0003_permissions_and_health'),
+        ("instances", "0003_permissions_and_health"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='kind',
-            field=models.CharField(choices=[('discover', 'discover instances'), ('check_server', 'check SSH connection'), ('start', 'start'), ('stop', 'stop'), ('restart', 'restart'), ('reload', 'reload'), ('promote', 'promote')], max_length=32),
+            model_name="job",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("discover", "discover instances"),
+                    ("check_server", "check SSH connection"),
+                    ("start", "start"),
+                    ("stop", "stop"),
+                    ("restart", "restart"),
+                    ("reload", "reload"),
+                    ("promote", "promote"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

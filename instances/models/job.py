@@ -40,6 +40,9 @@ class JobKind(models.TextChoices):
     RESTART = "restart", "restart"
     RELOAD = "reload", "reload"
     PROMOTE = "promote", "promote"
+    SWITCHOVER = "switchover", "planned switchover"
+    FAILOVER = "failover", "DR failover"
+    REFRESH_DNS = "refresh_dns", "refresh DNS"
 
 
 class JobOrigin(models.TextChoices):

@@ -1,0 +1,77 @@
+"""Switchover and failover admin actions: the plan for each herd, then one job per herd.
+
+The confirmation page plans from the inventory (what the last health check recorded); the
+job plans again from a live snapshot before it touches anything, and refuses if the herd's
+primary is no longer the one shown here.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from herds import drills
+from herds.models import DrillKind, Herd
+from instances.action_forms import ActionOptionsForm
+from instances.admin_actions import confirm_and_queue
+from instances.models import JobKind
+
+
+class FailoverOptionsForm(ActionOptionsForm):
+    accept_data_loss = forms.BooleanField(
+        required=False,
+        label="Accept data loss",
+        help_text="Fail over even if the best replica may be further behind the old primary "
+        "than the configured limit (ELEPHAAS_FAILOVER_MAX_LOSS_BYTES).",
+    )
+
+
+def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple[Herd, object]]:
+    herds = list(queryset.select_related("environment"))
+    return [(herd, drills.plan_for(herd, kind, params, live=False)) for herd in herds]
+
+
+def _expected_primary(herd: Herd) -> dict:
+    primary = drills.recorded_primary(drills.herd_instances(herd))
+    return {"expected_primary_id": primary.pk if primary else None}
+
+
+def drill_action(kind: str, title: str, what_happens: str, form_class=None):
+    def action(modeladmin, request: HttpRequest, queryset: QuerySet[Herd]):
+        accept = request.POST.get("accept_data_loss") == "on"
+        plans = _plans(queryset, kind, {"accept_data_loss": accept})
+        return confirm_and_queue(
+            modeladmin,
+            request,
+            [herd for herd, _ in plans],
+            kind=JobKind.SWITCHOVER if kind == DrillKind.SWITCHOVER else JobKind.FAILOVER,
+            title=title,
+            what_happens=what_happens,
+            form_class=form_class,
+            params_for=_expected_primary,
+            template="admin/herds/confirm_drill.html",
+            extra_context={"plans": plans},
+        )
+
+    return action
+
+
+switchover_action = drill_action(
+    DrillKind.SWITCHOVER,
+    "Planned switchover",
+    "For each herd: stop its primary cleanly, wait until the chosen replica has replayed "
+    "everything up to the primary's final checkpoint, promote it, move DNS, point the other "
+    "replicas at it, and turn the old primary into its replica. No committed transaction is "
+    "lost. Herds run in parallel; each is locked while its switchover runs.",
+)
+
+failover_action = drill_action(
+    DrillKind.FAILOVER,
+    "DR failover",
+    "For each herd whose primary is down or unreachable: promote the most up-to-date replica "
+    "(ties: acknowledged DR candidate, then priority), after fencing the old primary, move "
+    "DNS and point the other replicas at it. The old primary is marked as needing a "
+    "rebuild. Each job plans again from a live check before it changes anything.",
+    FailoverOptionsForm,
+)

@@ -1,0 +1,219 @@
+"""Planning switchovers and failovers: pure functions from a snapshot to a plan.
+
+No I/O here. The job takes a live snapshot of the herd (every instance probed), asks for a
+plan, stores the plan's sentence, and carries the steps out; the confirmation page asks
+the same functions with the inventory's last recorded state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SWITCHOVER = "switchover"
+FAILOVER = "failover"
+
+
+def lsn_to_int(lsn: str | None) -> int | None:
+    """'16/B374D848' → bytes since the start of WAL; None for blank or None."""
+    if not lsn:
+        return None
+    high, sep, low = lsn.partition("/")
+    if not sep:
+        raise ValueError(f"not an LSN: {lsn!r}")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def int_to_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def format_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} bytes"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of the herd as the snapshot saw it."""
+
+    id: int
+    label: str  # "orders on 127.0.1.2:5432"
+    hostname: str
+    answering: bool  # SQL probe answered
+    in_recovery: bool | None = None
+    current_lsn: int | None = None  # primary: pg_current_wal_lsn
+    receive_lsn: int | None = None  # replica: last WAL received
+    replay_lsn: int | None = None  # replica: last WAL replayed
+    dr_candidate: bool = False
+    priority: int = 1000
+    fenced: bool = False
+
+    @property
+    def best_lsn(self) -> int:
+        """How far its WAL reaches: what a promotion would keep."""
+        values = [v for v in (self.current_lsn, self.receive_lsn, self.replay_lsn) if v]
+        return max(values) if values else 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    herd: str
+    primary: Member | None  # the recorded primary
+    replicas: tuple[Member, ...]
+    vhost: str = ""
+    last_known_primary_lsn: int | None = None  # the primary's last recorded position
+
+
+@dataclass
+class Plan:
+    kind: str
+    herd: str
+    ok: bool
+    sentence: str
+    candidate: Member | None = None
+    steps: list[str] = field(default_factory=list)
+    dns_from: str = ""
+    dns_to: str = ""
+    data_loss_bytes: int | None = None
+    needs_accept_loss: bool = False
+
+
+def _rank(member: Member) -> tuple:
+    """Most up-to-date first; ties: acknowledged DR candidate, lower priority, then id."""
+    return (-member.best_lsn, not member.dr_candidate, member.priority, member.id)
+
+
+def _usable(replicas: tuple[Member, ...]) -> list[Member]:
+    return [r for r in replicas if r.answering and r.in_recovery and not r.fenced]
+
+
+def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
+    """A planned switchover: the primary is healthy; no committed transaction may be lost."""
+    refuse = Plan(SWITCHOVER, snap.herd, ok=False, sentence="")
+    primary = snap.primary
+    if primary is None:
+        refuse.sentence = f"refused: {snap.herd} has no recorded primary"
+        return refuse
+    if not primary.answering or primary.in_recovery:
+        refuse.sentence = (
+            f"refused: the primary {primary.label} is not answering as a primary; "
+            "a switchover needs a healthy primary (use a failover)"
+        )
+        return refuse
+    usable = _usable(snap.replicas)
+    if target_id is not None:
+        chosen = [r for r in usable if r.id == target_id]
+        if not chosen:
+            refuse.sentence = (
+                "refused: the chosen replica is not an answering, unfenced replica of this herd"
+            )
+            return refuse
+        candidate, why = chosen[0], "chosen by the DBA"
+    elif not usable:
+        refuse.sentence = f"refused: {snap.herd} has no answering replica to switch over to"
+        return refuse
+    else:
+        candidate = sorted(usable, key=_rank)[0]
+        why = "the replica with the highest replayed LSN" if len(usable) > 1 else "its replica"
+    behind = max(0, (primary.current_lsn or 0) - (candidate.replay_lsn or 0))
+    others = [r for r in snap.replicas if r.id != candidate.id]
+    plan = Plan(
+        SWITCHOVER,
+        snap.herd,
+        ok=True,
+        candidate=candidate,
+        data_loss_bytes=0,
+        sentence=(
+            f"switch {snap.herd} over to {candidate.label}: {why}, replayed "
+            f"{int_to_lsn(candidate.replay_lsn or 0)}, {format_bytes(behind)} behind the "
+            f"primary's {int_to_lsn(primary.current_lsn or 0)}"
+        ),
+        dns_from=primary.hostname,
+        dns_to=candidate.hostname,
+    )
+    plan.steps = [
+        f"checkpoint and stop the primary {primary.label} cleanly (fast)",
+        f"wait until {candidate.label} has replayed the old primary's final checkpoint",
+        f"promote {candidate.label} and check it accepts writes",
+        (
+            f"point {snap.vhost} at {candidate.hostname} (was {primary.hostname})"
+            if snap.vhost
+            else "no vhost: DNS unchanged"
+        ),
+        *[f"point {r.label} at the new primary" for r in others],
+        f"rewind {primary.label} if needed and start it as a replica of the new primary",
+    ]
+    return plan
+
+
+def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = False) -> Plan:
+    """A DR failover: the primary is down or unreachable; promote the most up-to-date replica."""
+    refuse = Plan(FAILOVER, snap.herd, ok=False, sentence="")
+    primary = snap.primary
+    if primary is not None and primary.answering and not primary.in_recovery:
+        refuse.sentence = (
+            f"refused: the primary {primary.label} is up and answering; use a "
+            "planned switchover (no data loss) or stop it first"
+        )
+        return refuse
+    usable = _usable(snap.replicas)
+    if not usable:
+        refuse.sentence = f"refused: {snap.herd} has no answering replica to promote"
+        return refuse
+    candidate = sorted(usable, key=_rank)[0]
+    known = snap.last_known_primary_lsn
+    loss = max(0, known - candidate.best_lsn) if known is not None else None
+    tie_note = ""
+    equal = [r for r in usable if r.best_lsn == candidate.best_lsn and r.id != candidate.id]
+    if equal:
+        tie_note = (
+            ", acknowledged DR candidate"
+            if candidate.dr_candidate
+            else f", priority {candidate.priority}"
+        ) + " among equals"
+    loss_text = (
+        f"{format_bytes(loss)} behind the last known primary position {int_to_lsn(known)}"
+        if loss is not None
+        else "the primary's last position is unknown"
+    )
+    plan = Plan(
+        FAILOVER,
+        snap.herd,
+        ok=True,
+        candidate=candidate,
+        data_loss_bytes=loss,
+        sentence=(
+            f"promote {candidate.label}: highest received LSN "
+            f"{int_to_lsn(candidate.best_lsn)}{tie_note}, {loss_text}"
+        ),
+        dns_from=primary.hostname if primary else "",
+        dns_to=candidate.hostname,
+    )
+    if loss is None or loss > max_loss_bytes:
+        plan.needs_accept_loss = True
+        if not accept_loss:
+            plan.ok = False
+            limit = format_bytes(max_loss_bytes)
+            plan.sentence = (
+                f"refused: {plan.sentence}; that may lose more than the {limit} allowed: "
+                "tick 'accept data loss' to fail over anyway"
+            )
+            return plan
+    others = [r for r in snap.replicas if r.id != candidate.id]
+    old = primary.label if primary else "the old primary"
+    plan.steps = [
+        f"fence {old}: stop it if its server answers, else mark it fenced",
+        f"promote {candidate.label} and check it accepts writes",
+        (
+            f"point {snap.vhost} at {candidate.hostname}"
+            if snap.vhost
+            else "no vhost: DNS unchanged"
+        ),
+        *[f"point {r.label} at the new primary" for r in others],
+        f"mark {old} as needing a rebuild",
+    ]
+    return plan

@@ -1,0 +1,162 @@
+"""Switchover and failover planning on many fleet shapes: pure, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from herds.planning import (
+    Member,
+    Snapshot,
+    format_bytes,
+    int_to_lsn,
+    lsn_to_int,
+    plan_failover,
+    plan_switchover,
+)
+
+MB = 1024 * 1024
+
+
+def member(
+    id, host, *, answering=True, recovery=True, lsn=0, dr=False, priority=1000, fenced=False
+):
+    kwargs = {"current_lsn": lsn} if recovery is False else {"receive_lsn": lsn, "replay_lsn": lsn}
+    return Member(
+        id=id,
+        label=f"db on {host}:5432",
+        hostname=host,
+        answering=answering,
+        in_recovery=recovery if answering else None,
+        dr_candidate=dr,
+        priority=priority,
+        fenced=fenced,
+        **kwargs,
+    )
+
+
+def snap(primary, *replicas, known=None):
+    return Snapshot(
+        herd="db",
+        primary=primary,
+        replicas=tuple(replicas),
+        vhost="db",
+        last_known_primary_lsn=known,
+    )
+
+
+PRIMARY = member(1, "h1", recovery=False, lsn=0x5A000000)
+
+
+def test_it_converts_lsns_both_ways():
+    assert lsn_to_int("16/B374D848") == (0x16 << 32) + 0xB374D848
+    assert int_to_lsn(lsn_to_int("16/B374D848")) == "16/B374D848"
+    assert lsn_to_int("") is None
+    with pytest.raises(ValueError):
+        lsn_to_int("5A000000")
+    assert format_bytes(3 * MB) == "3.0 MB"
+
+
+def test_it_switches_over_to_the_most_replayed_replica_with_a_sentence():
+    plan = plan_switchover(
+        snap(PRIMARY, member(2, "h2", lsn=0x59000000), member(3, "h3", lsn=0x5A000000))
+    )
+    assert plan.ok and plan.candidate.id == 3
+    assert plan.sentence == (
+        "switch db over to db on h3:5432: the replica with the highest "
+        "replayed LSN, replayed 0/5A000000, 0 bytes behind the primary's "
+        "0/5A000000"
+    )
+    assert plan.steps[0].startswith("checkpoint and stop the primary db on h1:5432")
+    assert plan.steps[3] == "point db at h3 (was h1)"
+    assert plan.steps[4] == "point db on h2:5432 at the new primary"
+    assert (plan.dns_from, plan.dns_to, plan.data_loss_bytes) == ("h1", "h3", 0)
+
+
+def test_it_honours_the_dbas_choice_of_target_and_refuses_a_bad_one():
+    shape = snap(PRIMARY, member(2, "h2", lsn=1), member(3, "h3", lsn=2))
+    assert plan_switchover(shape, target_id=2).candidate.id == 2
+    assert "chosen by the DBA" in plan_switchover(shape, target_id=2).sentence
+    refused = plan_switchover(shape, target_id=99)
+    assert not refused.ok and refused.sentence.startswith("refused: the chosen replica")
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        (snap(None, member(2, "h2")), "has no recorded primary"),
+        (snap(member(1, "h1", answering=False), member(2, "h2")), "is not answering as a primary"),
+        (snap(PRIMARY, member(2, "h2", answering=False)), "no answering replica"),
+        (snap(PRIMARY, member(2, "h2", fenced=True)), "no answering replica"),
+        (snap(PRIMARY), "no answering replica"),
+    ],
+)
+def test_it_refuses_switchovers_that_cannot_be_safe(shape, reason):
+    plan = plan_switchover(shape)
+    assert not plan.ok and reason in plan.sentence and plan.sentence.startswith("refused:")
+
+
+def test_it_fails_over_to_the_replica_that_received_most():
+    down = member(1, "h1", answering=False)
+    plan = plan_failover(
+        snap(
+            down, member(2, "h2", lsn=0x50000000), member(3, "h3", lsn=0x50001000), known=0x50001000
+        ),
+        max_loss_bytes=MB,
+    )
+    assert plan.ok and plan.candidate.id == 3 and plan.data_loss_bytes == 0
+    assert plan.sentence == (
+        "promote db on h3:5432: highest received LSN 0/50001000, 0 bytes "
+        "behind the last known primary position 0/50001000"
+    )
+    assert (
+        plan.steps[0] == "fence db on h1:5432: stop it if its server answers, else mark it fenced"
+    )
+
+
+def test_it_breaks_ties_by_dr_candidate_then_priority():
+    down = member(1, "h1", answering=False)
+    tied = [
+        member(2, "h2", lsn=7),
+        member(3, "h3", lsn=7, dr=True, priority=5),
+        member(4, "h4", lsn=7, dr=True, priority=2),
+    ]
+    plan = plan_failover(snap(down, *tied, known=7), max_loss_bytes=0)
+    assert plan.candidate.id == 4
+    assert "acknowledged DR candidate among equals" in plan.sentence
+    plain = plan_failover(
+        snap(down, member(5, "h5", lsn=7, priority=3), member(6, "h6", lsn=7, priority=1), known=7),
+        max_loss_bytes=0,
+    )
+    assert plain.candidate.id == 6 and "priority 1 among equals" in plain.sentence
+
+
+def test_it_refuses_a_lossy_failover_unless_loss_is_accepted():
+    down = member(1, "h1", answering=False)
+    shape = snap(down, member(2, "h2", lsn=0x1000000), known=0x1000000 + 3 * MB)
+    refused = plan_failover(shape, max_loss_bytes=MB)
+    assert not refused.ok and refused.needs_accept_loss
+    assert "3.0 MB behind the last known primary position" in refused.sentence
+    assert "tick 'accept data loss'" in refused.sentence
+    accepted = plan_failover(shape, max_loss_bytes=MB, accept_loss=True)
+    assert accepted.ok and accepted.data_loss_bytes == 3 * MB
+
+
+def test_it_refuses_a_failover_with_an_unknown_loss_unless_accepted():
+    shape = snap(member(1, "h1", answering=False), member(2, "h2", lsn=5), known=None)
+    assert not plan_failover(shape, max_loss_bytes=MB).ok
+    plan = plan_failover(shape, max_loss_bytes=MB, accept_loss=True)
+    assert plan.ok and "position is unknown" in plan.sentence
+
+
+def test_it_refuses_to_fail_over_a_healthy_primary():
+    plan = plan_failover(snap(PRIMARY, member(2, "h2", lsn=1)), max_loss_bytes=MB)
+    assert not plan.ok and "use a planned switchover" in plan.sentence
+
+
+def test_it_fails_over_a_herd_whose_primary_is_not_recorded():
+    plan = plan_failover(
+        snap(None, member(2, "h2", lsn=9), member(3, "h3", lsn=4)),
+        max_loss_bytes=MB,
+        accept_loss=True,
+    )
+    assert plan.ok and plan.candidate.id == 2 and plan.dns_from == ""
