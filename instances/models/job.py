@@ -43,6 +43,9 @@ class JobKind(models.TextChoices):
     SWITCHOVER = "switchover", "planned switchover"
     FAILOVER = "failover", "DR failover"
     REFRESH_DNS = "refresh_dns", "refresh DNS"
+    REBUILD = "rebuild", "rebuild replica"
+    REMASTER = "remaster", "remaster replica"
+    INIT = "init", "create instance"
 
 
 class JobOrigin(models.TextChoices):
