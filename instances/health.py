@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -237,12 +239,32 @@ class SweepSummary:
 
 def _probe_one(hostname: str, port: int, timeout: float) -> Outcome:
     try:
-        return probe.probe(hostname, port, statement_timeout=timeout)
+        return probe.probe(hostname, port, statement_timeout=timeout, keep=True)
     except probe.ProbeError as exc:
         return Unreachable(str(exc))
     except Exception as exc:  # noqa: BLE001 - one odd instance must not sink the sweep
         log.exception("health probe of %s:%s", hostname, port)
         return Unreachable(f"{hostname}:{port}: probe failed: {type(exc).__name__}: {exc}")
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """One probe thread pool per process, kept between sweeps (starting threads anew each
+    sweep cost more than the probes themselves on a small fleet)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+            _pool = (
+                os.getpid(),
+                settings.HEALTH_CONCURRENCY,
+                ThreadPoolExecutor(
+                    max_workers=settings.HEALTH_CONCURRENCY, thread_name_prefix="health-probe"
+                ),
+            )
+        return _pool[2]
 
 
 def probe_all(targets: Iterable[tuple[int, str, int]]) -> dict[int, Outcome]:
@@ -258,16 +280,16 @@ def probe_all(targets: Iterable[tuple[int, str, int]]) -> dict[int, Outcome]:
     workers = min(settings.HEALTH_CONCURRENCY, len(targets))
     # Each wave of `workers` probes takes at most a connect and a query timeout.
     deadline = math.ceil(len(targets) / workers) * (2 * timeout) + 1
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="health-probe")
-    try:
-        futures = {
-            pool.submit(_probe_one, hostname, port, timeout): (key, hostname, port)
-            for key, hostname, port in targets
-        }
-        wait(futures, timeout=deadline)
-    finally:
-        # Never wait for a hung probe: its thread ends when its socket does.
-        pool.shutdown(wait=False, cancel_futures=True)
+    pool = _executor(workers)
+    futures = {
+        pool.submit(_probe_one, hostname, port, timeout): (key, hostname, port)
+        for key, hostname, port in targets
+    }
+    # Never wait past the deadline for a hung probe: its thread is freed when its socket
+    # times out, and its result is reported as no answer.
+    wait(futures, timeout=deadline)
+    for future in futures:
+        future.cancel()
     outcomes: dict[int, Outcome] = {}
     for future, (key, hostname, port) in futures.items():
         if future.done() and not future.cancelled():
@@ -336,5 +358,36 @@ def _sweep() -> SweepSummary:
         # values meanwhile keeps them.
         groups.setdefault(tuple(sorted(fields)), []).append(instance)
     for names, rows in groups.items():
-        Instance.objects.bulk_update(rows, names, batch_size=BULK_BATCH)
+        _bulk_set(rows, names)
     return summary
+
+
+def _bulk_set(rows: list[Instance], names: tuple[str, ...]) -> None:
+    """UPDATE … FROM (VALUES …): one statement per group of rows. Django's bulk_update
+    builds a CASE per field and row, which cost more than all the probes of a sweep."""
+    from django.db import connection
+    from psycopg2.extras import execute_values
+
+    fields = [Instance._meta.get_field(name) for name in names]
+    columns = [field.column for field in fields]
+    casts = [field.db_type(connection) for field in fields]
+    assignments = ", ".join(f'"{column}" = v."{column}"' for column in columns)
+    value_names = ", ".join(f'"{column}"' for column in columns)
+    template = "(%s, " + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    table = Instance._meta.db_table
+    sql = (
+        f'UPDATE "{table}" AS i SET {assignments} FROM (VALUES %s) AS v(id, {value_names}) '
+        f"WHERE i.id = v.id"
+    )
+    values = [
+        [
+            row.pk,
+            *(field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields),
+        ]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        for start in range(0, len(values), BULK_BATCH):
+            execute_values(
+                cursor.cursor, sql, values[start : start + BULK_BATCH], template=template
+            )

@@ -153,6 +153,18 @@ def stop(ctx: JobContext) -> str:
     if not is_running(ctx, instance):
         record(instance, None, "stopped")
         return f"{where(instance)} was already stopped: nothing to do"
+    if mode == "smart":
+        # A smart stop waits for every client to leave, ElepHaaS's own kept health
+        # connections included: end those first.
+        with ctx.step(
+            "end ElepHaaS's own monitoring sessions", f"{instance.server.hostname}:{instance.port}"
+        ) as step:
+            try:
+                step.output = (
+                    f"{probe.end_kept_sessions(instance.server.hostname, instance.port)} ended"
+                )
+            except probe.ProbeError as exc:
+                step.output = f"not answering ({exc}); nothing to end"
     ctx.ssh(instance.server, command_for("stop", instance, mode=mode), f"stop ({mode})")
     if is_running(ctx, instance):
         raise JobFailed(f"{where(instance)}: the stop command succeeded but it still runs")
