@@ -13,7 +13,9 @@ from elephaas.settings import DATABASES
 
 CELERY_BROKER_URL = os.environ.get("ELEPHAAS_TEST_BROKER_URL", "redis://127.0.0.1:6390/15")
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
-DATABASES["default"]["TEST"] = {"NAME": "test_elephaas"}
+# Two test runs at once (two engineers on one lab) need their own database and broker db:
+# ELEPHAAS_TEST_DB_NAME=test_mine ELEPHAAS_TEST_BROKER_URL=redis://127.0.0.1:6390/12.
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("ELEPHAAS_TEST_DB_NAME", "test_elephaas")}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
