@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -207,6 +208,18 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def batch_link(self, job: Job) -> str:
         url = reverse("admin:instances_job_changelist") + "?" + urlencode({"batch": job.batch})
         return format_html('<a href="{}">{}</a>', url, job.batch)
+
+    def changelist_view(self, request, extra_context=None):
+        # A batch page (?batch=…) refreshes itself while any of its jobs is still active.
+        batch = request.GET.get("batch", "")
+        active = False
+        if batch:
+            try:
+                active = Job.objects.filter(batch=batch, state__in=JobState.active()).exists()
+            except (ValueError, ValidationError):
+                active = False
+        extra_context = {**(extra_context or {}), "auto_refresh": active}
+        return super().changelist_view(request, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         job = Job.objects.filter(pk=object_id).only("state").first()

@@ -185,3 +185,15 @@ def test_it_requires_the_two_primaries_tick_to_promote_beside_a_live_primary(adm
     assert response.status_code == 302
     [job] = Job.objects.all()
     assert job.params == {"allow_two_primaries": True}
+
+
+def test_it_refreshes_a_batch_page_while_its_jobs_are_active(admin_client):
+    env = make_environment("prod")
+    server = make_server("127.0.1.251", environment=env)
+    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    url = f"/admin/instances/job/?batch={job.batch}"
+    assert 'http-equiv="refresh"' in admin_client.get(url).content.decode()
+    Job.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
+    page = admin_client.get(url).content.decode()
+    assert 'http-equiv="refresh"' not in page
+    assert admin_client.get("/admin/instances/job/?batch=not-a-uuid").status_code in (200, 302)
