@@ -45,6 +45,9 @@ def run() -> None:
     found = fleet.manage("discover", *(lab_servers[n].hostname for n in ENVIRONMENTS))
     for line in found.splitlines():
         fleet.say(line)
+    for name in HERDS:
+        for line in fleet.manage("set_vhost", name, name, "--ro-vhost", f"{name}-ro").splitlines():
+            fleet.say(f"DNS: {line}")
     fleet.manage("ensure_demo_admin", "--password-file", str(SECRETS_DIR / "demo_admin_password"))
     fleet.start_web()
     password = (SECRETS_DIR / "demo_admin_password").read_text().strip()
