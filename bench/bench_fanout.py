@@ -43,13 +43,7 @@ def build_fleet() -> list[Instance]:
     for number in range(1, 5):
         lab = servers[number]
         row = Server.objects.filter(hostname=lab.hostname).first() or Server.objects.create(
-            hostname=lab.hostname,
-            environment=env,
-            ssh_port=lab.ssh_port,
-            ssh_user=lab.ssh_user,
-            host_key_type=lab.host_key_type,
-            host_key=lab.host_key,
-            host_key_fingerprint=lab.host_key_fingerprint,
+            environment=env, **lab.inventory_fields()
         )
         rows.append(row)
     jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, rows, queue=False))

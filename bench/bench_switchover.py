@@ -60,15 +60,7 @@ def build() -> list[Herd]:
         lab = servers[number]
         rows.append(
             Server.objects.filter(hostname=lab.hostname).first()
-            or Server.objects.create(
-                hostname=lab.hostname,
-                environment=envrow,
-                ssh_port=lab.ssh_port,
-                ssh_user=lab.ssh_user,
-                host_key_type=lab.host_key_type,
-                host_key=lab.host_key,
-                host_key_fingerprint=lab.host_key_fingerprint,
-            )
+            or Server.objects.create(environment=envrow, **lab.inventory_fields())
         )
     for name, port, primary in HERDS:
         lab_herd.create(name, primary, [n for n in (1, 2, 3) if n != primary], port)

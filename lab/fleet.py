@@ -865,16 +865,8 @@ def manage(*args: str, input: str | None = None) -> str:
     return done.stdout
 
 
-def worker_pidfile() -> Path:
-    return CELERY_DIR / "worker.pid"
-
-
-def restart_worker() -> int:
-    """The demo's worker: restarted on every `up` so that it runs the checked-out code."""
-    CELERY_DIR.mkdir(parents=True, exist_ok=True)
-    pid = proc.running_from(worker_pidfile())
-    if pid:
-        proc.stop_pid(pid, "Celery worker", timeout=30)
+def worker_argv(hostname: str, concurrency: int, queues: str | None = None) -> list[str]:
+    """A Celery worker as ElepHaaS runs it: threads (SSH work waits on I/O), no gossip."""
     argv = [
         sys.executable,
         "-m",
@@ -885,14 +877,29 @@ def restart_worker() -> int:
         "--pool",
         "threads",
         "--concurrency",
-        os.environ.get("ELEPHAAS_WORKER_CONCURRENCY", "16"),
+        str(concurrency),
         "--loglevel",
         "INFO",
         "--hostname",
-        "lab@%h",
+        hostname,
         "--without-gossip",
         "--without-mingle",
     ]
+    return argv + (["--queues", queues] if queues else [])
+
+
+def worker_pidfile() -> Path:
+    return CELERY_DIR / "worker.pid"
+
+
+def restart_worker() -> int:
+    """The demo's worker: restarted on every `up` so that it runs the checked-out code."""
+    CELERY_DIR.mkdir(parents=True, exist_ok=True)
+    pid = proc.running_from(worker_pidfile())
+    if pid:
+        proc.stop_pid(pid, "Celery worker", timeout=30)
+    concurrency = int(os.environ.get("ELEPHAAS_WORKER_CONCURRENCY", "16"))
+    argv = worker_argv("lab@%h", concurrency)
     pid = proc.spawn(
         argv, worker_pidfile(), LOG_DIR / "celery-worker.log", env=django_env(), cwd=REPO_DIR
     )

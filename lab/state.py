@@ -35,6 +35,18 @@ class LabServer:
     def folder(self) -> Path:
         return SERVERS_DIR / self.name
 
+    def inventory_fields(self) -> dict:
+        """The fields of a Server row for this lab server, its host key pinned from what
+        the lab generated (as a DBA would after checking the fingerprint)."""
+        return {
+            "hostname": self.hostname,
+            "ssh_port": self.ssh_port,
+            "ssh_user": self.ssh_user,
+            "host_key_type": self.host_key_type,
+            "host_key": self.host_key,
+            "host_key_fingerprint": self.host_key_fingerprint,
+        }
+
 
 def server_numbers() -> list[int]:
     if not SERVERS_DIR.is_dir():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab import state
+from lab import fleet, state
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,6 @@ def celery_worker(lab, django_db_setup, django_db_blocker):
     """
     import os
     import subprocess
-    import sys
     import time
 
     from django.conf import settings
@@ -55,24 +54,7 @@ def celery_worker(lab, django_db_setup, django_db_blocker):
     app.control.purge()
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "elephaas",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(settings.WORKER_CONCURRENCY),
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"test-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            fleet.worker_argv(f"test-{os.getpid()}@%h", settings.WORKER_CONCURRENCY),
             cwd=state.REPO_DIR,
             env=env,
             stdout=out,

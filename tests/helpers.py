@@ -9,15 +9,7 @@ from instances.models import Job, JobState, Server
 
 def add_lab_server(lab_server, environment) -> Server:
     """A Server row for a lab server, its host key pinned from what the lab generated."""
-    return Server.objects.create(
-        hostname=lab_server.hostname,
-        environment=environment,
-        ssh_port=lab_server.ssh_port,
-        ssh_user=lab_server.ssh_user,
-        host_key_type=lab_server.host_key_type,
-        host_key=lab_server.host_key,
-        host_key_fingerprint=lab_server.host_key_fingerprint,
-    )
+    return Server.objects.create(environment=environment, **lab_server.inventory_fields())
 
 
 def wait_for_job(job: Job, states=None, timeout: float = 30) -> Job:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +13,7 @@ from django.db import connection
 
 from instances import jobs
 from instances.models import Job, JobKind, JobOrigin, JobState
-from lab import state
+from lab import fleet, state
 from tests.factories import make_environment
 from tests.helpers import add_lab_server, wait_for_job
 
@@ -137,24 +136,7 @@ def lone_worker(lab, django_db_setup):
         )
         log = open(state.LAB_DIR / "log" / "test-lone-worker.log", "ab")
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "elephaas",
-                "worker",
-                "--pool",
-                "threads",
-                "-Q",
-                "lone",
-                "--hostname",
-                f"lone-{len(procs)}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            fleet.worker_argv(f"lone-{len(procs)}@%h", 4, queues="lone"),
             cwd=state.REPO_DIR,
             env=env,
             stdout=log,
