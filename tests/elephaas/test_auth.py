@@ -383,3 +383,53 @@ def test_it_lets_the_break_glass_superuser_in_at_once_when_ldap_hangs(
     assert response.status_code == 302
     assert elapsed < hung_ldap / 2  # its password never went to LDAP
     assert client.get(JOBS_URL).status_code == 200
+
+
+def _herd_with_primary_and_replica():
+    from instances.choices import Role
+    from tests.factories import make_environment, make_herd, make_instance
+
+    env = make_environment("prod")
+    herd = make_herd("shop", environment=env, port=5432)
+    # Addresses nothing listens on: a worker picking these jobs up fails them harmlessly.
+    primary = make_instance(
+        herd=herd,
+        server=make_server("127.0.1.251", environment=env),
+        role=Role.PRIMARY,
+        online=True,
+        last_lsn="0/5000000",
+    )
+    make_instance(
+        herd=herd,
+        server=make_server("127.0.1.252", environment=env),
+        upstream=primary,
+        online=True,
+        replay_lsn="0/5000000",
+    )
+    return herd
+
+
+def test_it_lets_an_ldap_dba_queue_a_switchover(client, ldap_users):
+    herd = _herd_with_primary_and_replica()
+    log_in_as(client, ldap_users, "alice")
+    response = client.post(
+        "/admin/herds/herd/",
+        {"action": "switchover_herds", "confirm": "yes", "_selected_action": [herd.pk]},
+    )
+    assert response.status_code == 302
+    [job] = Job.objects.filter(kind=JobKind.SWITCHOVER)
+    assert job.herd == herd and job.requested_by_name == "alice"
+
+
+def test_it_refuses_a_forged_failover_from_an_ldap_operator(client, ldap_users, audit_log):
+    herd = _herd_with_primary_and_replica()
+    log_in_as(client, ldap_users, "oscar")
+    page = client.get("/admin/herds/herd/").content.decode()
+    assert "failover_herds" not in page and "switchover_herds" not in page
+    response = client.post(
+        "/admin/herds/herd/",
+        {"action": "failover_herds", "confirm": "yes", "_selected_action": [herd.pk]},
+    )
+    assert response.status_code == 403
+    assert not Job.objects.exists()
+    assert any("tried 'failover_herds'" in line for line in audit_lines(audit_log))
