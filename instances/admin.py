@@ -21,7 +21,7 @@ from django.utils.html import format_html
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
-from instances import admin_jobs, health_display
+from instances import admin_jobs, admin_rebuild, health_display
 from instances.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin_actions import confirm_and_queue
 from instances.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
@@ -289,7 +289,13 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "restart_instances",
         "reload_instances",
         "promote_instances",
+        admin_rebuild.rebuild_action,
+        admin_rebuild.remaster_action,
+        admin_rebuild.init_action,
     )
+    has_rebuild_permission = admin_rebuild.has_rebuild_permission
+    has_remaster_permission = admin_rebuild.has_remaster_permission
+    has_init_permission = admin_rebuild.has_init_permission
     ordering = ("herd__name", "server__hostname", "port")
     autocomplete_fields = ("herd", "server", "upstream")
     # Observed state belongs to health polling and jobs; a DBA edits topology and flags.

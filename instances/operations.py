@@ -273,3 +273,4 @@ def _link_upstreams() -> list[str]:
 # The instance actions register themselves on import.
 from herds import dns_ops, drills  # noqa: E402, F401, I001
 from instances import lifecycle  # noqa: E402, F401
+from instances import rebuild  # noqa: E402, F401

@@ -4,15 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('instances', '0005_drills'),
+        ("instances", "0005_drills"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='kind',
-            field=models.CharField(choices=[('discover', 'discover instances'), ('check_server', 'check SSH connection'), ('start', 'start'), ('stop', 'stop'), ('restart', 'restart'), ('reload', 'reload'), ('promote', 'promote'), ('switchover', 'planned switchover'), ('failover', 'DR failover'), ('refresh_dns', 'refresh DNS'), ('rebuild', 'rebuild replica'), ('remaster', 'remaster replica'), ('init', 'create instance')], max_length=32),
+            model_name="job",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("discover", "discover instances"),
+                    ("check_server", "check SSH connection"),
+                    ("start", "start"),
+                    ("stop", "stop"),
+                    ("restart", "restart"),
+                    ("reload", "reload"),
+                    ("promote", "promote"),
+                    ("switchover", "planned switchover"),
+                    ("failover", "DR failover"),
+                    ("refresh_dns", "refresh DNS"),
+                    ("rebuild", "rebuild replica"),
+                    ("remaster", "remaster replica"),
+                    ("init", "create instance"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
