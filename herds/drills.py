@@ -11,16 +11,16 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from herds import planning
 from herds.models import Drill, DrillKind, Herd
 from instances import discovery, lifecycle, probe
 from instances.choices import Role
-from instances.jobs import JobContext, JobFailed, operation
+from instances.jobs import JobCancelled, JobContext, JobFailed, operation
 from instances.models import Instance, JobKind
 
 # Removes any primary_conninfo line from postgresql.auto.conf, then appends ours, and marks
@@ -385,83 +385,163 @@ def _finish(drill: Drill, outcome: str) -> None:
     drill.save(update_fields=["finished_at", "outcome"])
 
 
-@operation(JobKind.SWITCHOVER)
-def switchover(ctx: JobContext) -> str:
-    """1. live snapshot, plan (refuse clearly), check the confirmed primary is still it;
-    2. stop the primary cleanly and read its final checkpoint;
-    3. wait until the candidate has replayed past it (if not: restart the old primary and
-       stop — nothing was promoted);
-    4. promote the candidate, check it accepts writes (RTO);
-    5. DNS; 6. repoint the other replicas; 7. rewind and restart the old primary as a
-       replica of the new one."""
-    herd, plan, instances, drill, old = _begin(ctx, DrillKind.SWITCHOVER)
-    new = instances[plan.candidate.id]
-    template = probe.probe(new.server.hostname, new.port).primary_conninfo
-    ctx.ssh(
-        old.server,
-        lifecycle.command_for("stop", old, mode="fast"),
-        "stop the primary (fast: shutdown checkpoint, WAL sent to replicas)",
+def _reason(exc: BaseException) -> str:
+    return "cancelled by a user" if isinstance(exc, JobCancelled) else str(exc)
+
+
+def _abort_before_promotion(
+    ctx: JobContext, old: Instance, drill: Drill, exc: BaseException
+) -> NoReturn:
+    """Nothing was promoted: put the old primary back and say exactly what happened. Runs
+    even after a cancel (its steps are not cancellable)."""
+    reason = _reason(exc)
+    try:
+        ctx.ssh(
+            old.server,
+            lifecycle.command_for("start", old),
+            "abort: restart the old primary",
+            check=False,
+            cancellable=False,
+        )
+        deadline = time.monotonic() + settings.ACTION_WAIT
+        answer, error = lifecycle.try_probe(old)
+        while answer is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answer, error = lifecycle.try_probe(old)
+    except JobFailed as start_failed:
+        answer, error = None, str(start_failed)
+    if answer is not None and not answer.in_recovery:
+        lifecycle.record(old, answer)
+        _finish(drill, f"aborted before promotion ({reason}); old primary restarted")
+        raise JobFailed(
+            f"switchover of {old.herd.name} aborted before promotion ({reason}); "
+            f"the old primary {lifecycle.where(old)} was restarted, nothing promoted"
+        )
+    _finish(drill, f"aborted before promotion ({reason}); old primary NOT restarted")
+    raise JobFailed(
+        f"switchover of {old.herd.name} aborted before promotion ({reason}), and the "
+        f"old primary {lifecycle.where(old)} could not be restarted ({error}): the "
+        "herd has no primary; start it by hand"
     )
-    Instance.objects.filter(pk=old.pk).update(online=False, state_changed_at=timezone.now())
-    checkpoint = final_checkpoint(ctx, old)
-    drill.last_known_lsn = planning.int_to_lsn(checkpoint)
-    drill.save(update_fields=["last_known_lsn"])
+
+
+def _wait_replayed(ctx: JobContext, new: Instance, checkpoint: int) -> None:
     started = time.monotonic()
     with ctx.step(
         f"wait until {lifecycle.where(new)} replayed {planning.int_to_lsn(checkpoint)}",
         f"{new.server.hostname}:{new.port}",
     ) as step:
         while True:
+            ctx.check_cancel()
             result, _ = lifecycle.try_probe(new)
             replayed = planning.lsn_to_int(result.replay_lsn) if result else None
             if replayed is not None and replayed > checkpoint:
                 step.output = (
                     f"replayed {result.replay_lsn} after {time.monotonic() - started:.2f} s"
                 )
-                break
-            if time.monotonic() - started > settings.ACTION_WAIT or ctx.cancel.is_set():
-                step.ok = False
-                ctx.ssh(
-                    old.server,
-                    lifecycle.command_for("start", old),
-                    "abort: restart the old primary",
-                )
-                Instance.objects.filter(pk=old.pk).update(online=True)
-                _finish(drill, "aborted before promotion; old primary restarted")
+                return
+            if time.monotonic() - started > settings.ACTION_WAIT:
                 raise JobFailed(
                     f"{lifecycle.where(new)} did not replay the old primary's final checkpoint "
-                    f"{planning.int_to_lsn(checkpoint)} (at {result.replay_lsn if result else '?'})"
-                    "; switchover aborted, the old primary was restarted, nothing promoted"
+                    f"{planning.int_to_lsn(checkpoint)} within {settings.ACTION_WAIT:.0f} s "
+                    f"(at {result.replay_lsn if result else 'no answer'})"
                 )
             time.sleep(0.02)
-    ctx.ssh(new.server, lifecycle.command_for("promote", new), "promote")
-    promoted = wait_writable(ctx, new)
+
+
+def _promote(
+    ctx: JobContext,
+    herd: Herd,
+    new: Instance,
+    drill: Drill,
+    lost: int | None,
+    promoted_lsn: str | None,
+    stopped_note: str,
+) -> str:
+    """Promote and prove a write; record the moment (RTO). A failure here leaves the herd
+    without a writable primary, so the error says which instance to check first."""
+    try:
+        ctx.ssh(new.server, lifecycle.command_for("promote", new), "promote")
+        lsn = wait_writable(ctx, new)
+    except (JobFailed, JobCancelled) as exc:
+        _finish(drill, f"promotion failed: {_reason(exc)}")
+        raise JobFailed(
+            f"{herd.name}: promoting {lifecycle.where(new)} failed ({_reason(exc)}); "
+            f"{stopped_note}; check whether {lifecycle.where(new)} left recovery before "
+            "starting anything"
+        ) from None
     drill.writable_at = timezone.now()
-    drill.promoted_lsn, drill.data_lost_bytes = promoted, 0
+    drill.promoted_lsn, drill.data_lost_bytes = promoted_lsn or lsn, lost
     drill.save(update_fields=["writable_at", "promoted_lsn", "data_lost_bytes"])
-    with transaction.atomic():
-        Instance.objects.filter(pk=new.pk).update(
-            role=Role.PRIMARY,
-            upstream=None,
-            streams_from="",
-            online=True,
-            state_changed_at=timezone.now(),
-        )
-        Instance.objects.filter(pk=old.pk).update(role=Role.REPLICA, upstream=new)
-    dns_problem = move_dns(ctx, herd, new, drill)
-    for other in instances.values():
-        if other.pk not in (old.pk, new.pk) and other.role == Role.REPLICA and other.online:
-            repoint(ctx, other, new)
-    rejoin_as_replica(ctx, old, new, template)
-    rto = drill.rto_seconds
-    summary = (
-        f"{herd.name} switched over to {lifecycle.where(new)} (RTO {rto:.2f} s, 0 bytes "
-        f"lost); {lifecycle.where(old)} is now its replica"
+    Instance.objects.filter(pk=new.pk).update(
+        role=Role.PRIMARY,
+        upstream=None,
+        streams_from="",
+        online=True,
+        last_lsn=lsn,
+        state_changed_at=timezone.now(),
     )
+    return lsn
+
+
+def _after_promotion(ctx: JobContext, herd: Herd, new: Instance, drill: Drill, steps) -> str:
+    """DNS, repointing, rejoining: the switch has happened; a failure now is reported as
+    such, with what was left undone, never as if nothing had changed."""
+    try:
+        return steps()
+    except (JobFailed, JobCancelled) as exc:
+        _finish(drill, f"promoted; then: {_reason(exc)}")
+        raise JobFailed(
+            f"{herd.name} now has its primary on {lifecycle.where(new)} (accepting writes), "
+            f"but a later step failed: {_reason(exc)}. Check DNS (Refresh DNS), remaster "
+            "replicas not yet pointed at it, and rebuild the old primary"
+        ) from None
+
+
+@operation(JobKind.SWITCHOVER)
+def switchover(ctx: JobContext) -> str:
+    """1. live snapshot, plan (refuse clearly), check the confirmed primary is still it;
+    2. stop the primary cleanly and read its final checkpoint;
+    3. wait until the candidate has replayed past it (any failure or cancel up to here:
+       restart the old primary, nothing promoted);
+    4. promote the candidate, check it accepts writes (RTO);
+    5. DNS; 6. repoint the other replicas; 7. rewind and restart the old primary as a
+       replica of the new one."""
+    herd, plan, instances, drill, old = _begin(ctx, DrillKind.SWITCHOVER)
+    new = instances[plan.candidate.id]
+    template = probe.probe(new.server.hostname, new.port).primary_conninfo
+    try:
+        ctx.ssh(
+            old.server,
+            lifecycle.command_for("stop", old, mode="fast"),
+            "stop the primary (fast: shutdown checkpoint, WAL sent to replicas)",
+        )
+        Instance.objects.filter(pk=old.pk).update(online=False, state_changed_at=timezone.now())
+        checkpoint = final_checkpoint(ctx, old)
+        drill.last_known_lsn = planning.int_to_lsn(checkpoint)
+        drill.save(update_fields=["last_known_lsn"])
+        _wait_replayed(ctx, new, checkpoint)
+    except (JobFailed, JobCancelled) as exc:
+        _abort_before_promotion(ctx, old, drill, exc)
+    _promote(ctx, herd, new, drill, 0, None, f"the old primary {lifecycle.where(old)} is stopped")
+    Instance.objects.filter(pk=old.pk).update(role=Role.REPLICA, upstream=new)
+
+    def rest() -> str:
+        problem = move_dns(ctx, herd, new, drill)
+        for other in instances.values():
+            if other.pk not in (old.pk, new.pk) and other.role == Role.REPLICA and other.online:
+                repoint(ctx, other, new)
+        rejoin_as_replica(ctx, old, new, template)
+        return problem
+
+    dns_problem = _after_promotion(ctx, herd, new, drill, rest)
     _finish(drill, dns_problem or "completed")
     if dns_problem:
         raise JobFailed(f"{herd.name} switched over to {lifecycle.where(new)}, but {dns_problem}")
-    return summary
+    return (
+        f"{herd.name} switched over to {lifecycle.where(new)} (RTO {drill.rto_seconds:.2f} s, "
+        f"0 bytes lost); {lifecycle.where(old)} is now its replica"
+    )
 
 
 @operation(JobKind.FAILOVER)
@@ -472,48 +552,44 @@ def failover(ctx: JobContext) -> str:
     4. DNS; 5. repoint the other replicas; 6. mark the old primary as needing a rebuild."""
     herd, plan, instances, drill, old = _begin(ctx, DrillKind.FAILOVER)
     new = instances[plan.candidate.id]
-    fenced_note = ""
-    if old is not None:
-        fenced_note = fence(ctx, old)
-    ctx.ssh(new.server, lifecycle.command_for("promote", new), "promote")
-    promoted = wait_writable(ctx, new)
-    drill.writable_at = timezone.now()
+    fenced_note = fence(ctx, old) if old is not None else ""
     lost = plan.data_loss_bytes
-    drill.promoted_lsn = planning.int_to_lsn(plan.candidate.best_lsn)
-    drill.data_lost_bytes = lost
-    drill.save(update_fields=["writable_at", "promoted_lsn", "data_lost_bytes"])
-    with transaction.atomic():
-        Instance.objects.filter(pk=new.pk).update(
-            role=Role.PRIMARY,
-            upstream=None,
-            streams_from="",
-            online=True,
-            last_lsn=promoted,
-            state_changed_at=timezone.now(),
-        )
-    dns_problem = move_dns(ctx, herd, new, drill)
-    for other in instances.values():
-        if old is not None and other.pk == old.pk:
-            continue
-        if other.pk != new.pk and other.role == Role.REPLICA and not other.fenced:
-            live, _ = lifecycle.try_probe(other)
-            if live is not None:
-                repoint(ctx, other, new)
-            else:
-                ctx.note(f"{lifecycle.where(other)} not answering", "remaster it later")
+    _promote(
+        ctx,
+        herd,
+        new,
+        drill,
+        lost,
+        planning.int_to_lsn(plan.candidate.best_lsn),
+        "the old primary is fenced",
+    )
+
+    def rest() -> str:
+        problem = move_dns(ctx, herd, new, drill)
+        for other in instances.values():
+            if old is not None and other.pk == old.pk:
+                continue
+            if other.pk != new.pk and other.role == Role.REPLICA and not other.fenced:
+                live, _ = lifecycle.try_probe(other)
+                if live is not None:
+                    repoint(ctx, other, new)
+                else:
+                    ctx.note(f"{lifecycle.where(other)} not answering", "remaster it later")
+        return problem
+
+    dns_problem = _after_promotion(ctx, herd, new, drill, rest)
     lost_text = (
         f"{planning.format_bytes(lost)} lost"
         if lost is not None
         else "loss unknown (no last known primary position)"
     )
-    summary = (
-        f"{herd.name} failed over to {lifecycle.where(new)} (RTO "
-        f"{drill.rto_seconds:.2f} s, {lost_text}); {fenced_note}"
-    )
     _finish(drill, dns_problem or "completed")
     if dns_problem:
         raise JobFailed(f"{herd.name} failed over to {lifecycle.where(new)}, but {dns_problem}")
-    return summary
+    return (
+        f"{herd.name} failed over to {lifecycle.where(new)} (RTO "
+        f"{drill.rto_seconds:.2f} s, {lost_text}); {fenced_note}"
+    )
 
 
 def fence(ctx: JobContext, old: Instance) -> str:

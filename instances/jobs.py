@@ -333,8 +333,11 @@ class JobContext:
             raise JobCancelled()
 
     @contextmanager
-    def step(self, name: str, host: str = "", command: str = "") -> Iterator[JobStep]:
-        self.check_cancel()
+    def step(
+        self, name: str, host: str = "", command: str = "", *, cancellable: bool = True
+    ) -> Iterator[JobStep]:
+        if cancellable:
+            self.check_cancel()
         self._seq += 1
         step = JobStep.objects.create(
             job=self.job, seq=self._seq, name=name[:255], host=host[:255], command=command
@@ -369,18 +372,22 @@ class JobContext:
         check: bool = True,
         input: str | None = None,
         timeout: float | None = None,
+        cancellable: bool = True,
     ) -> ssh.Result:
-        with self.step(name, server.hostname, quote_argv(argv)) as step:
+        """Run a command as a recorded step. `cancellable=False` is for the steps that put
+        things back after a failure or a cancel: they must run even then."""
+        with self.step(name, server.hostname, quote_argv(argv), cancellable=cancellable) as step:
             try:
                 with server_slot(server.hostname):
-                    self.check_cancel()
+                    if cancellable:
+                        self.check_cancel()
                     result = ssh.run(
                         server,
                         list(argv),
                         check=check,
                         input=input,
                         timeout=timeout,
-                        cancel=self.cancel,
+                        cancel=self.cancel if cancellable else None,
                     )
             except ssh.SSHError as exc:
                 step.exit_status = exc.exit_status

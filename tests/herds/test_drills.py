@@ -224,3 +224,33 @@ def test_it_runs_exactly_one_of_two_concurrent_switchovers(celery_worker, drill)
     failed = next(job for job in done if job.state == JobState.FAILED)
     assert "is busy" in failed.error or "changed since the confirmation" in failed.error
     assert Drill.objects.filter(job__in=done).count() == 1
+
+
+def test_it_restarts_the_old_primary_when_a_switchover_is_cancelled_before_promotion(
+    celery_worker, lab, drill
+):
+    from instances.models import JobStep
+
+    for host in ("127.0.1.2", "127.0.1.3"):  # the replicas stop replaying: no one catches up
+        conn = _connect(host, lab)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_wal_replay_pause()")
+        conn.close()
+    [job] = jobs.create_jobs(JobKind.SWITCHOVER, [drill])
+    deadline = time.monotonic() + 60
+    while not JobStep.objects.filter(job=job, name__startswith="wait until").exists():
+        assert time.monotonic() < deadline, "the switchover never reached its wait"
+        time.sleep(0.05)
+    jobs.cancel(job, None)
+    job = wait_for_job(job, timeout=120)
+    assert job.state == JobState.FAILED
+    assert job.error == (
+        "switchover of drill aborted before promotion (cancelled by a user); the old primary "
+        f"drill on 127.0.1.1:{PORT} was restarted, nothing promoted"
+    )
+    assert probe.probe("127.0.1.1", PORT).in_recovery is False
+    for host in ("127.0.1.2", "127.0.1.3"):
+        assert probe.probe(host, PORT).in_recovery is True
+    assert _instances(drill)["127.0.1.1"].role == Role.PRIMARY
+    assert "old primary restarted" in Drill.objects.get(job=job).outcome
