@@ -252,6 +252,24 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/instances/server/pin_host_key.html", context)
 
 
+# Observed state belongs to health polling and jobs: shown, never edited.
+OBSERVED_FIELDS = (
+    "online",
+    "last_lsn",
+    "lag_bytes",
+    "lag_seconds",
+    "last_checked",
+    "receive_lsn",
+    "replay_lsn",
+    "upstream_streaming",
+    "last_error",
+    "state_changed_at",
+    "streams_from",
+    "created_at",
+    "updated_at",
+)
+
+
 @admin.register(Instance)
 class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = (
@@ -299,45 +317,14 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     ordering = ("herd__name", "server__hostname", "port")
     autocomplete_fields = ("herd", "server", "upstream")
     # Observed state belongs to health polling and jobs; a DBA edits topology and flags.
-    readonly_fields = (
-        "online",
-        "last_lsn",
-        "lag_bytes",
-        "lag_seconds",
-        "last_checked",
-        "receive_lsn",
-        "replay_lsn",
-        "upstream_streaming",
-        "last_error",
-        "state_changed_at",
-        "streams_from",
-        "created_at",
-        "updated_at",
-        "recent_jobs",
-    )
+    readonly_fields = (*OBSERVED_FIELDS, "recent_jobs")
     fieldsets = (
         (None, {"fields": ("herd", "server", "port", "pg_version", "data_dir")}),
         ("Replication", {"fields": ("role", "upstream")}),
         ("Flags", {"fields": ("fenced", "needs_rebuild", "notes")}),
         (
             "Observed state",
-            {
-                "fields": (
-                    "online",
-                    "last_lsn",
-                    "lag_bytes",
-                    "lag_seconds",
-                    "last_checked",
-                    "receive_lsn",
-                    "replay_lsn",
-                    "upstream_streaming",
-                    "last_error",
-                    "state_changed_at",
-                    "streams_from",
-                    "created_at",
-                    "updated_at",
-                )
-            },
+            {"fields": OBSERVED_FIELDS},
         ),
         ("Recent jobs", {"fields": ("recent_jobs",)}),
     )
