@@ -47,6 +47,7 @@ venv: system $(VENV)/.installed
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) -m lab up --servers $(SERVERS)

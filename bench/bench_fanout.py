@@ -23,7 +23,7 @@ import django  # noqa: E402
 django.setup()
 
 from herds.models import Environment, Herd  # noqa: E402
-from instances import jobs  # noqa: E402
+from instances.jobs import queue, runner  # noqa: E402
 from instances.models import Instance, Job, JobKind, JobState, Server  # noqa: E402
 from lab import herd as lab_herd  # noqa: E402
 from lab import state  # noqa: E402
@@ -46,7 +46,7 @@ def build_fleet() -> list[Instance]:
             environment=env, **lab.inventory_fields()
         )
         rows.append(row)
-    jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, rows, queue=False))
+    runner.run_inline(queue.create_jobs(JobKind.DISCOVER, rows, queue=False))
     fleet = list(
         Instance.objects.select_related("server", "herd")
         .filter(herd__name__in=[name for name, _, _ in HERDS])
@@ -59,7 +59,7 @@ def build_fleet() -> list[Instance]:
 
 def timed_batch(instances: list[Instance]) -> float:
     started = time.monotonic()
-    created = jobs.create_jobs(JobKind.RESTART, instances, params={"mode": "fast"})
+    created = queue.create_jobs(JobKind.RESTART, instances, params={"mode": "fast"})
     ids = [j.pk for j in created]
     deadline = started + 600
     while True:

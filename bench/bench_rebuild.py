@@ -7,7 +7,7 @@ about 300 MB: small enough to run in a few minutes). Each round rebuilds the rep
   (stream WAL, fast checkpoint), standby.signal + primary_conninfo, start, wait until it
   streams — what a DBA would type;
 - through ElepHaaS: a REBUILD job with method pg_basebackup (and, for information, rsync
-  and auto, which picks pg_rewind here), run with `jobs.run_inline` — the same job code
+  and auto, which picks pg_rewind here), run with `runner.run_inline` — the same job code
   the worker runs, without the broker, so the lab's long-running worker (which may predate
   this module) is not needed.
 
@@ -35,7 +35,8 @@ import django  # noqa: E402
 django.setup()
 
 from herds.models import Environment, Herd  # noqa: E402
-from instances import jobs, probe  # noqa: E402
+from instances import probe  # noqa: E402
+from instances.jobs import queue, runner  # noqa: E402
 from instances.models import Instance, Job, JobKind, JobState, Server  # noqa: E402
 from lab import fleet, state  # noqa: E402
 from lab import herd as lab_herd  # noqa: E402
@@ -80,8 +81,8 @@ def by_hand() -> float:
 
 def through_elephaas(replica: Instance, method: str) -> tuple[float, float, str]:
     started = time.monotonic()
-    [job] = jobs.run_inline(
-        jobs.create_jobs(JobKind.REBUILD, [replica], params={"method": method}, queue=False)
+    [job] = runner.run_inline(
+        queue.create_jobs(JobKind.REBUILD, [replica], params={"method": method}, queue=False)
     )
     elapsed = time.monotonic() - started
     if job.state != JobState.SUCCEEDED:
@@ -123,7 +124,7 @@ def main() -> None:
             or Server.objects.create(environment=envrow, **lab.inventory_fields())
         )
     try:
-        jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, servers, queue=False))
+        runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers, queue=False))
         replica = Instance.objects.with_related().get(herd__name=NAME, server=servers[1])
         results: dict[str, list[tuple[float, float]]] = {"by hand": []}
         for method in ("pg_basebackup", "rsync", "auto"):

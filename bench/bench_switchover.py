@@ -30,10 +30,10 @@ django.setup()
 
 import psycopg2  # noqa: E402
 
-from herds import dns  # noqa: E402
-from herds.drills import herd_instances, recorded_primary  # noqa: E402
+from herds import dns, snapshot  # noqa: E402
 from herds.models import Drill, Environment, Herd  # noqa: E402
-from instances import jobs  # noqa: E402
+from instances.inventory import herd_instances, recorded_primary  # noqa: E402
+from instances.jobs import queue, runner  # noqa: E402
 from instances.models import Instance, Job, JobKind, JobState, Server  # noqa: E402
 from lab import fleet, state  # noqa: E402
 from lab import herd as lab_herd  # noqa: E402
@@ -64,7 +64,7 @@ def build() -> list[Herd]:
         )
     for name, port, primary in HERDS:
         lab_herd.create(name, primary, [n for n in (1, 2, 3) if n != primary], port)
-    jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, rows, queue=False))
+    runner.run_inline(queue.create_jobs(JobKind.DISCOVER, rows, queue=False))
     herds = list(Herd.objects.filter(name__in=[h for h, _, _ in HERDS]).order_by("name"))
     for herd in herds:
         herd.vhost = f"{herd.name}-{secrets.token_hex(2)}"
@@ -73,9 +73,9 @@ def build() -> list[Herd]:
 
 
 def switch(herds: list[Herd]) -> tuple[float, list[Job]]:
-    params = {h.pk: {"expected_primary_id": recorded_primary(herd_instances(h)).pk} for h in herds}
+    params = {h.pk: snapshot.expected_primary(h) for h in herds}
     started = time.monotonic()
-    created = jobs.create_jobs(JobKind.SWITCHOVER, herds, params_for=lambda h: params[h.pk])
+    created = queue.create_jobs(JobKind.SWITCHOVER, herds, params_for=lambda h: params[h.pk])
     ids = [j.pk for j in created]
     while Job.objects.filter(pk__in=ids).exclude(state__in=JobState.terminal()).exists():
         if time.monotonic() - started > 600:
@@ -90,7 +90,7 @@ def switch(herds: list[Herd]) -> tuple[float, list[Job]]:
 
 
 def one_round(herd: Herd) -> dict:
-    primary = recorded_primary(herd_instances(herd))
+    primary = recorded_primary(herd_instances(herd.pk))
     host, port = primary.server.hostname, primary.port
     load = subprocess.Popen(
         [str(PGBIN / "pgbench"), "-h", host, "-p", str(port), "-c", "4", "-T", "60", "-n"],
@@ -103,7 +103,7 @@ def one_round(herd: Herd) -> dict:
     queued = time.monotonic()
     before = dns.lookup(herd.vhost)
     params = {"expected_primary_id": primary.pk}
-    [job] = jobs.create_jobs(JobKind.SWITCHOVER, [herd], params=params)
+    [job] = queue.create_jobs(JobKind.SWITCHOVER, [herd], params=params)
     dns_changed = None
     while True:
         job.refresh_from_db()
@@ -147,7 +147,7 @@ def main() -> None:
     herds = build()
     try:
         first = herds[0]
-        primary = recorded_primary(herd_instances(first))
+        primary = recorded_primary(herd_instances(first.pk))
         subprocess.run(
             [
                 str(PGBIN / "pgbench"),
@@ -168,7 +168,7 @@ def main() -> None:
         for _ in range(args.rounds):
             # pgbench_history grows across rounds: count what this round adds on both sides.
             conn = psycopg2.connect(
-                host=recorded_primary(herd_instances(first)).server.hostname,
+                host=recorded_primary(herd_instances(first.pk)).server.hostname,
                 port=primary.port,
                 dbname="postgres",
                 user="elephaas",

@@ -5,3 +5,7 @@ class HerdsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "herds"
     verbose_name = "Herds and DR"
+
+    def ready(self) -> None:
+        # Herd operations register themselves with the job registry (instances.jobs).
+        from herds import dns_refresh, failover, switchover  # noqa: F401

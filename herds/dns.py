@@ -17,11 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import re
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import dns.exception
 import dns.message
@@ -34,260 +32,18 @@ import dns.tsigkeyring
 import dns.update
 from django.conf import settings
 
-from instances.choices import Role
-
-RECORD_TYPES = ("A", "CNAME")
-# Every type a client could be handed for a vhost: all go before the new record is added,
-# in the same message, so a stale AAAA cannot outlive the move of the A.
-REPLACED_TYPES = ("A", "AAAA", "CNAME")
-TSIG_ALGORITHMS = (
-    "hmac-sha256",
-    "hmac-sha384",
-    "hmac-sha512",
-    "hmac-sha224",
-    "hmac-sha1",
-    "hmac-md5",
+from herds.dns_records import (
+    RECORD_TYPES,
+    REPLACED_TYPES,
+    TSIG_ALGORITHMS,
+    DNSError,
+    DNSNameError,
+    DNSResult,
+    fqdn,
+    host_fqdn,
+    parse_ip,
+    zone,
 )
-NAME_MAX = 253
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-class DNSError(Exception):
-    """A DNS update or query failed; the message is one line a DBA can act on."""
-
-    def __init__(self, message: str, *, server: str = "", name: str = "") -> None:
-        super().__init__(message)
-        self.server = server
-        self.name = name
-
-
-class DNSNameError(DNSError, ValueError):
-    """A name ElepHaaS refuses to put in DNS: invalid, or outside the configured zone."""
-
-
-@dataclass(frozen=True)
-class DNSResult:
-    """What one update did: `name` now answers `values` (previously `previous`)."""
-
-    name: str
-    record_type: str
-    values: tuple[str, ...]
-    previous: tuple[str, ...] = ()
-    seconds: float = 0.0
-    ttl: int = 0
-    server: str = field(default="", compare=False)
-
-    @property
-    def value(self) -> str:
-        return ", ".join(self.values) if self.values else "(no record)"
-
-    @property
-    def changed(self) -> bool:
-        return tuple(self.previous) != tuple(self.values)
-
-    def describe(self) -> str:
-        """`orders.lab.elephaas.test. → 127.0.1.1 (was 127.0.1.2)`, for job steps and summaries."""
-        was = ", ".join(self.previous) if self.previous else "no record"
-        if not self.changed:
-            return f"{self.name} → {self.value} (unchanged)"
-        if not self.values:
-            return f"{self.name} deleted (was {was})"
-        return f"{self.name} → {self.value} (was {was})"
-
-
-# --- names (pure) -----------------------------------------------------------------------
-
-
-def _describe_char(char: str) -> str:
-    names = {" ": "a space", "\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
-    if char in names:
-        return names[char]
-    if not char.isprintable():
-        return f"the control character U+{ord(char):04X}"
-    return f"“{char}”"
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """User input as it may appear in a one-line message: control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-
-
-def _check_labels(name: str, what: str) -> None:
-    """`name` without its trailing dot: letters, digits and inner hyphens, ≤ 63 per label."""
-    shown = _shown(name)
-    if not name:
-        raise DNSNameError(f"{what} is empty")
-    if len(name) > NAME_MAX:
-        raise DNSNameError(f"{what} “{shown}…” is {len(name)} characters long; the limit is 253")
-    for char in name:
-        if char != "." and char not in _LABEL_CHARS:
-            raise DNSNameError(
-                f"{what} “{shown}” contains {_describe_char(char)}: a DNS name may contain "
-                f"only letters, digits, “-” and dots"
-            )
-    for label in name.split("."):
-        if not label:
-            raise DNSNameError(f"{what} “{shown}” has an empty label (two dots in a row?)")
-        if not _LABEL_RE.match(label):
-            raise DNSNameError(
-                f"{what} “{shown}”: the label “{_shown(label, 63)}” must be 1–63 characters and "
-                f"must not start or end with “-”"
-            )
-
-
-def zone() -> str:
-    """settings.DNS_ZONE, lower-case, absolute (with its trailing dot)."""
-    text = str(settings.DNS_ZONE or "").strip().lower().rstrip(".")
-    _check_labels(text, "The DNS zone (ELEPHAAS_DNS_ZONE)")
-    return text + "."
-
-
-def fqdn(name: str) -> str:
-    """A vhost as an absolute name in the zone: `orders` → `orders.lab.elephaas.test.`.
-
-    A single label is relative to the zone; a longer name must be written in full (with
-    or without its trailing dot) and lie inside the zone: `orders.example.com` is refused
-    rather than quietly turned into `orders.example.com.lab.elephaas.test.`, which is
-    never what the DBA meant. The zone's apex is refused too (it holds SOA and NS).
-    """
-    if not isinstance(name, str):
-        raise DNSNameError(f"a DNS name must be text, not {type(name).__name__}")
-    the_zone = zone()
-    # DNS names are case-insensitive: keep one spelling, so comparisons hold.
-    text = name.lower()
-    absolute = text.endswith(".")
-    text = text[:-1] if absolute else text
-    _check_labels(text, "The DNS name")
-    bare_zone = the_zone[:-1]
-    if text == bare_zone:
-        raise DNSNameError(f"“{name}” is the zone {the_zone} itself; a vhost is a name inside it")
-    if text.endswith("." + bare_zone):
-        full = text + "."
-    elif "." not in text and not absolute:
-        full = f"{text}.{the_zone}"
-    else:
-        raise DNSNameError(
-            f"“{name}” is not in the zone {the_zone}, the only zone ElepHaaS updates: "
-            f"write the vhost as one label (“{text.split('.')[0]}”) or in full "
-            f"(“{text.split('.')[0]}.{bare_zone}”)"
-        )
-    _check_labels(full[:-1], "The DNS name")
-    return full
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _host_name(hostname: str) -> str:
-    """A server's host name as an absolute DNS name (the inventory stores it without a dot)."""
-    text = str(hostname).lower()
-    text = text[:-1] if text.endswith(".") else text
-    _check_labels(text, "The server host name")
-    return text + "."
-
-
-# --- what a herd should point at (pure) -----------------------------------------------------
-
-
-def desired_records(herd, instances: Iterable | None = None) -> dict:
-    """What the herd's vhost and read-only vhost should point at, from the inventory.
-
-    Pure: reads `herd.vhost`, `herd.ro_vhost`, `herd.name` and each instance's `role`,
-    `online`, `fenced`, `needs_rebuild` and `server.hostname` (plain objects do). Without
-    `instances`, the herd's own (`herd.instances.all()`, prefetched by the caller).
-
-    Returns {"vhost", "primary", "primary_instance", "ro_vhost", "replicas",
-    "refusal", "reason"}: `primary` is the server host name the vhost should point at
-    (None with a `refusal` sentence saying why not), `replicas` the host names of the
-    online replicas for the read-only vhost, `reason` one sentence saying what and why.
-
-    The vhost follows the one primary that is recorded online and not fenced. Fenced
-    primaries are left out (fencing an old primary is how a DBA settles a split brain);
-    two online unfenced primaries are a split brain, and no name is moved until one is
-    fenced. A primary not known to be online is refused too: pointing applications at
-    a server nobody has seen answer only moves the outage.
-    """
-    if instances is None:
-        instances = herd.instances.all()
-    instances = list(instances)
-    name = getattr(herd, "name", str(herd))
-    primaries = [i for i in instances if i.role == Role.PRIMARY]
-    unfenced = [i for i in primaries if not i.fenced]
-    online = [i for i in unfenced if i.online is True]
-    replicas = sorted(
-        (
-            i
-            for i in instances
-            if i.role == Role.REPLICA and i.online is True and not i.fenced and not i.needs_rebuild
-        ),
-        key=lambda i: (i.server.hostname, i.port or 0),
-    )
-    replica_hosts: list[str] = []
-    for replica in replicas:
-        if replica.server.hostname not in replica_hosts:
-            replica_hosts.append(replica.server.hostname)
-
-    refusal = ""
-    primary = None
-    if not primaries:
-        refusal = f"{name} has no recorded primary: run discovery or a health check first"
-    elif not unfenced:
-        fenced = ", ".join(_where(i) for i in primaries)
-        refusal = (
-            f"the only recorded primary of {name} ({fenced}) is fenced: a vhost is never pointed "
-            f"at a fenced instance; promote a replica or clear the flag if you are sure"
-        )
-    elif len(online) > 1:
-        refusal = (
-            f"{name} is in split brain: {len(online)} online primaries "
-            f"({', '.join(_where(i) for i in online)}); fence the one clients must not "
-            f"write to, then refresh DNS"
-        )
-    elif not online:
-        state = "offline" if unfenced[0].online is False else "not checked yet"
-        refusal = (
-            f"the primary of {name} ({_where(unfenced[0])}) is {state}: check it (or fail over) "
-            f"before pointing DNS at it"
-        )
-    else:
-        primary = online[0]
-
-    parts = []
-    if herd.vhost:
-        if primary is not None:
-            parts.append(
-                f"vhost → {primary.server.hostname} (the online primary {_where(primary)})"
-            )
-        else:
-            parts.append(f"vhost: refused ({refusal})")
-    if herd.ro_vhost:
-        if replica_hosts:
-            parts.append(
-                f"read-only vhost → {', '.join(replica_hosts)} "
-                f"({len(replicas)} online replica{'s' if len(replicas) != 1 else ''})"
-            )
-        else:
-            parts.append("read-only vhost → no record (no online replica)")
-    reason = f"{name}: " + ("; ".join(parts) if parts else "no vhost nor read-only vhost set")
-    return {
-        "vhost": herd.vhost,
-        "primary": primary.server.hostname if primary is not None else None,
-        "primary_instance": primary,
-        "ro_vhost": herd.ro_vhost,
-        "replicas": replica_hosts,
-        "refusal": refusal,
-        "reason": reason,
-    }
-
-
-def _where(instance) -> str:
-    return f"{instance.server.hostname}:{instance.port}"
-
 
 # --- talking to the server ------------------------------------------------------------------
 
@@ -297,7 +53,7 @@ def _server() -> tuple[str, int, str]:
     host = str(settings.DNS_SERVER).strip()
     port = int(settings.DNS_PORT)
     label = f"{host}:{port}"
-    if _ip(host) is not None:
+    if parse_ip(host) is not None:
         return host, port, label
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -422,7 +178,7 @@ def _addresses_of(name: str) -> list[str]:
         # Follow a CNAME chain inside the answer (the server adds in-zone targets).
         for _ in range(8):
             found = _answers(response, target)
-            if found and not _ip(found[0]):
+            if found and not parse_ip(found[0]):
                 target = found[0]
                 continue
             return found
@@ -435,14 +191,14 @@ def _addresses_of(name: str) -> list[str]:
 
 
 def _ipv4_of(hostname: str, vhost: str) -> str:
-    ip = _ip(str(hostname))
+    ip = parse_ip(str(hostname))
     if ip is not None:
         if ip.version != 4:
             raise DNSError(
                 f"cannot point {vhost} at {ip}: an IPv6 address; ElepHaaS writes A records only"
             )
         return str(ip)
-    name = _host_name(hostname)
+    name = host_fqdn(hostname)
     addresses = _addresses_of(name)
     if not addresses:
         raise DNSError(
@@ -523,7 +279,7 @@ def _keyring_for(name: str) -> tuple[dict, str, str]:
 
 
 def _sort_key(value: str):
-    ip = _ip(value)
+    ip = parse_ip(value)
     return (0, ip) if ip is not None else (1, value)
 
 
@@ -547,14 +303,14 @@ def point_vhost(vhost: str, server_hostname: str, record_type: str | None = None
     if rtype == "A":
         value = _ipv4_of(server_hostname, name)
     else:
-        if _ip(str(server_hostname)) is not None:
+        if parse_ip(str(server_hostname)) is not None:
             raise DNSError(
                 f"cannot point {name} at {server_hostname} with a CNAME: a CNAME needs a host "
                 f"name, and this server is recorded by its IP address; set "
                 f"ELEPHAAS_DNS_RECORD_TYPE=A to write A records",
                 name=name,
             )
-        value = _host_name(server_hostname)
+        value = host_fqdn(server_hostname)
     return _replace(name, rtype, [value], "update")
 
 
@@ -585,10 +341,7 @@ __all__ = [
     "DNSNameError",
     "DNSResult",
     "delete_name",
-    "desired_records",
-    "fqdn",
     "lookup",
     "point_vhost",
     "set_ro_vhost",
-    "zone",
 ]

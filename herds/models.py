@@ -11,7 +11,7 @@ from django.db.models import Exists, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 
-from instances.choices import Role
+from instances.choices import JobKind, Role
 from instances.validators import (
     validate_absolute_path,
     validate_dns_name,
@@ -309,9 +309,8 @@ class DRCandidate(models.Model):
             )
 
 
-class DrillKind(models.TextChoices):
-    SWITCHOVER = "switchover", "planned switchover"
-    FAILOVER = "failover", "DR failover"
+# A drill is the record of one of the two herd moves: the job kinds are the vocabulary.
+DRILL_KINDS = [(kind.value, kind.label) for kind in JobKind.drills()]
 
 
 class Drill(models.Model):
@@ -324,7 +323,7 @@ class Drill(models.Model):
 
     job = models.OneToOneField("instances.Job", on_delete=models.CASCADE, related_name="drill")
     herd = models.ForeignKey(Herd, on_delete=models.PROTECT, related_name="drills")
-    kind = models.CharField(max_length=16, choices=DrillKind.choices)
+    kind = models.CharField(max_length=16, choices=DRILL_KINDS)
     requested_by_name = models.CharField(max_length=150, blank=True)
     plan = models.TextField(blank=True, help_text="The plan's sentence: what and why.")
     old_primary = models.CharField(max_length=300, blank=True)

@@ -9,31 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SWITCHOVER = "switchover"
-FAILOVER = "failover"
-
-
-def lsn_to_int(lsn: str | None) -> int | None:
-    """'16/B374D848' → bytes since the start of WAL; None for blank or None."""
-    if not lsn:
-        return None
-    high, sep, low = lsn.partition("/")
-    if not sep:
-        raise ValueError(f"not an LSN: {lsn!r}")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def int_to_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def format_bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if abs(size) < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} bytes"
+from instances.choices import JobKind
+from instances.wal import format_bytes, int_to_lsn
 
 
 @dataclass(frozen=True)
@@ -93,7 +70,7 @@ def _usable(replicas: tuple[Member, ...]) -> list[Member]:
 
 def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
     """A planned switchover: the primary is healthy; no committed transaction may be lost."""
-    refuse = Plan(SWITCHOVER, snap.herd, ok=False, sentence="")
+    refuse = Plan(JobKind.SWITCHOVER, snap.herd, ok=False, sentence="")
     primary = snap.primary
     if primary is None:
         refuse.sentence = f"refused: {snap.herd} has no recorded primary"
@@ -122,7 +99,7 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
     behind = max(0, (primary.current_lsn or 0) - (candidate.replay_lsn or 0))
     others = [r for r in snap.replicas if r.id != candidate.id]
     plan = Plan(
-        SWITCHOVER,
+        JobKind.SWITCHOVER,
         snap.herd,
         ok=True,
         candidate=candidate,
@@ -152,7 +129,7 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
 
 def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = False) -> Plan:
     """A DR failover: the primary is down or unreachable; promote the most up-to-date replica."""
-    refuse = Plan(FAILOVER, snap.herd, ok=False, sentence="")
+    refuse = Plan(JobKind.FAILOVER, snap.herd, ok=False, sentence="")
     primary = snap.primary
     if primary is not None and primary.answering and not primary.in_recovery:
         refuse.sentence = (
@@ -181,7 +158,7 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         else "the primary's last position is unknown"
     )
     plan = Plan(
-        FAILOVER,
+        JobKind.FAILOVER,
         snap.herd,
         ok=True,
         candidate=candidate,

@@ -5,3 +5,8 @@ class InstancesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "instances"
     verbose_name = "Servers, instances and jobs"
+
+    def ready(self) -> None:
+        # Operations register themselves with the job registry when their module loads;
+        # the runner imports none of them (DESIGN.md, layers).
+        from instances import init, lifecycle, rebuild, remaster, servers  # noqa: F401

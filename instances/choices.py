@@ -1,7 +1,7 @@
 """Choices classes for instance state. Code compares against these, never bare strings.
 
 Kept out of the models package so that pure code (planning, command builders) and the
-herds app can use them without importing models.
+herds app can use them without importing models: the vocabulary layer of DESIGN.md.
 """
 
 from __future__ import annotations
@@ -28,3 +28,76 @@ class ReplicationHealth(models.TextChoices):
     UPSTREAM_GONE = "upstream_gone", "upstream gone"
     # Offline itself, not checked yet, or the probe role may not read pg_stat_wal_receiver.
     UNKNOWN = "unknown", "unknown"
+
+
+class JobKind(models.TextChoices):
+    """What a job does; a drill's kind is one of the two herd moves (SWITCHOVER, FAILOVER)."""
+
+    DISCOVER = "discover", "discover instances"
+    CHECK_SERVER = "check_server", "check SSH connection"
+    START = "start", "start"
+    STOP = "stop", "stop"
+    RESTART = "restart", "restart"
+    RELOAD = "reload", "reload"
+    PROMOTE = "promote", "promote"
+    SWITCHOVER = "switchover", "planned switchover"
+    FAILOVER = "failover", "DR failover"
+    REFRESH_DNS = "refresh_dns", "refresh DNS"
+    REBUILD = "rebuild", "rebuild replica"
+    REMASTER = "remaster", "remaster replica"
+    INIT = "init", "create instance"
+
+    @classmethod
+    def drills(cls) -> tuple[JobKind, ...]:
+        return (cls.SWITCHOVER, cls.FAILOVER)
+
+
+class JobOrigin(models.TextChoices):
+    ADMIN = "admin", "web admin"
+    CLI = "cli", "management command"
+    SCHEDULE = "schedule", "schedule"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+    # A bug, not a refusal: an unexpected exception ended it; its traceback is kept.
+    ERRORED = "errored", "errored"
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED, cls.ERRORED})
+
+    @classmethod
+    def retryable(cls) -> frozenset[str]:
+        return frozenset({cls.FAILED, cls.CANCELLED, cls.ERRORED})
+
+    @classmethod
+    def active(cls) -> frozenset[str]:
+        return frozenset({cls.QUEUED, cls.RUNNING})
+
+
+class CopyMethod(models.TextChoices):
+    """How a replica's data is brought back in line with its upstream."""
+
+    AUTO = "auto", "auto (pg_rewind when possible)"
+    PG_REWIND = "pg_rewind", "pg_rewind"
+    PG_BASEBACKUP = "pg_basebackup", "pg_basebackup"
+    RSYNC = "rsync", "rsync"
+
+    @classmethod
+    def requestable(cls) -> tuple[str, ...]:
+        """What a DBA may ask for: pg_rewind is chosen by auto, never forced."""
+        return (cls.AUTO, cls.PG_BASEBACKUP, cls.RSYNC)
+
+
+class ClusterState(models.TextChoices):
+    """A cluster as its server's status command (pg_ctlcluster / pg_ctl status) sees it."""
+
+    RUNNING = "running", "running"
+    STOPPED = "stopped", "stopped"
+    # No cluster in its data directory, or no data directory at all.
+    EMPTY = "empty", "empty"

@@ -7,7 +7,10 @@ in the admin therefore always arrives as one literal argument, whatever it conta
 
 Secrets never appear here: they reach remote commands on stdin (`ssh.run(input=...)`),
 because a command line is visible in `ps`, in the server's logs and in job step logs.
-The command builders (the `pg_ctlcluster` and `pg_ctl` presets) will live in this module.
+Every argv and shell snippet an operation runs is built here, from plain values: the
+instance action presets (`pg_ctlcluster`, `pg_ctl`), the PostgreSQL tools (pg_controldata,
+pg_rewind, pg_basebackup, rsync) and the few shell scripts, whose values always arrive as
+positional arguments ("$1", "$@"), never formatted into the script.
 """
 
 from __future__ import annotations
@@ -205,3 +208,278 @@ def build(template: Sequence[str], values: Mapping[str, object]) -> list[str]:
     argv = [_PLACEHOLDER.sub(fill, word) for word in template]
     quote_argv(argv)  # validates: no NUL, not empty
     return argv
+
+
+# --- PostgreSQL tools ------------------------------------------------------------------------
+
+
+def _tool(bindir: str, name: str) -> str:
+    return f"{bindir.rstrip('/')}/{name}"
+
+
+def pg_controldata(bindir: str, data_dir: str) -> list[str]:
+    """English labels whatever the server's locale: the parser reads them."""
+    return ["env", "LC_ALL=C", _tool(bindir, "pg_controldata"), "-D", data_dir]
+
+
+def pg_rewind(bindir: str, data_dir: str, source: str) -> list[str]:
+    """`source`: a conninfo (instances.conninfo.source_conninfo); its password is in
+    ~postgres/.pgpass on the target's server, never here."""
+    return [
+        "env",
+        "LC_ALL=C",
+        _tool(bindir, "pg_rewind"),
+        "--target-pgdata",
+        data_dir,
+        "--source-server",
+        source,
+        "--progress",
+    ]
+
+
+def pg_basebackup(
+    bindir: str,
+    data_dir: str,
+    *,
+    host: str,
+    port: int,
+    user: str,
+    label: str,
+    max_rate_kb: int | None = None,
+) -> list[str]:
+    return [
+        _tool(bindir, "pg_basebackup"),
+        "--host",
+        host,
+        "--port",
+        str(int(port)),
+        "--username",
+        user,
+        "--no-password",
+        "--pgdata",
+        data_dir,
+        "--wal-method",
+        "stream",
+        "--checkpoint",
+        "fast",
+        "--label",
+        label,
+        "--progress",
+        *([f"--max-rate={int(max_rate_kb)}k"] if max_rate_kb else []),
+    ]
+
+
+def initdb(bindir: str, data_dir: str) -> list[str]:
+    return [_tool(bindir, "initdb"), "-D", data_dir, "--data-checksums"]
+
+
+def pg_createcluster(version: int, cluster: str, port: int, data_dir: str) -> list[str]:
+    return [
+        "pg_createcluster",
+        "--port",
+        str(int(port)),
+        "--datadir",
+        data_dir,
+        str(int(version)),
+        cluster,
+        "--",
+        "--data-checksums",
+    ]
+
+
+def ssh_transport(port: int) -> str:
+    """rsync's -e: the servers' own SSH trust (every server knows every server's key)."""
+    return f"ssh -p {int(port)} -o BatchMode=yes"
+
+
+def remote_path(user: str, hostname: str, path: str) -> str:
+    """`user@host:path/` for rsync. A user or host that could be read as an option or
+    split the spec is refused (the inventory validates both; this is the last guard)."""
+    for what, value in (("user", user), ("host", hostname)):
+        if not value or value.startswith("-") or re.search(r"[\s@:/]", value):
+            raise ValueError(f"unsafe rsync {what}: {value!r}")
+    return f"{user}@{hostname}:{path.rstrip('/')}/"
+
+
+# --- shell snippets ----------------------------------------------------------------------
+#
+# Each returns ["sh", "-c", SCRIPT, "sh", values...]: the script is a constant and every
+# value a positional argument, so no value is ever parsed by the remote shell.
+
+# Removes any primary_conninfo line from postgresql.auto.conf, appends ours, and marks the
+# data directory as a standby.
+_STANDBY_CONFIG = r"""
+set -e
+auto="$1/postgresql.auto.conf"
+touch "$auto"
+grep -v '^[[:space:]]*primary_conninfo[[:space:]]*=' "$auto" > "$auto.elephaas" || true
+printf '%s\n' "$2" >> "$auto.elephaas"
+mv "$auto.elephaas" "$auto"
+touch "$1/standby.signal"
+"""
+_KEEP_ASIDE = r"""
+set -e
+dir="$1"; kept="$2"; shift 2
+mkdir -p "$kept"
+for f in "$@"; do
+  if [ -f "$dir/$f" ] && [ ! -f "$kept/$f" ]; then cp -p "$dir/$f" "$kept/$f"; fi
+done
+ls "$kept"
+"""
+_PUT_BACK = r"""
+set -e
+dir="$1"; kept="$2"
+[ -d "$kept" ] || exit 0
+for f in "$kept"/*; do
+  [ -f "$f" ] || continue
+  mv "$f" "$dir/"
+  echo "kept its own $(basename "$f")"
+done
+rmdir "$kept"
+"""
+_EMPTY_DATA_DIR = r"""
+set -e
+mkdir -p "$1"
+chmod 700 "$1"
+find "$1" -mindepth 1 -delete
+"""
+# Before an rsync copy: what rsync excludes must not survive from the old cluster either.
+_CLEAN_FOR_RSYNC = r"""
+set -e
+dir="$1"
+mkdir -p "$dir"
+chmod 700 "$dir"
+for sub in pg_wal pg_replslot pg_dynshmem pg_notify pg_serial pg_snapshots pg_stat_tmp \
+           pg_subtrans; do
+  if [ -d "$dir/$sub" ]; then find "$dir/$sub" -mindepth 1 -delete; fi
+done
+rm -f "$dir/postmaster.pid" "$dir/postmaster.opts" "$dir/backup_label" "$dir/tablespace_map" \
+      "$dir/standby.signal" "$dir/recovery.signal"
+"""
+# rsync's exit status 24 ("some files vanished") is normal when copying a live cluster.
+_LOGGED = r"""
+log="$1"; shift
+"$@" > "$log"
+rc=$?
+[ "$rc" -eq 24 ] && rc=0
+exit "$rc"
+"""
+_WRITE_FILE = r"""
+umask 077
+cat > "$1"
+"""
+_PREPARE_PG_WAL = r"""
+mkdir -p "$1/pg_wal/archive_status"
+rm -f "$2"
+"""
+_START_CONF_AUTO = r"""
+f="$1"
+if [ -f "$f" ] && grep -qx manual "$f"; then echo auto > "$f"; echo "start.conf: manual -> auto"; fi
+"""
+_START_CONF_MANUAL = r"""
+echo manual > "$1"
+"""
+_WRITE_CONF_D = r"""
+mkdir -p "$1/conf.d"
+conf="$1/conf.d/$2"; shift 2
+printf '%s\n' "# written by ElepHaaS: this instance's own address and port" "$@" > "$conf"
+"""
+# pg_ctl layout (configuration in the data directory): settings in postgresql.auto.conf,
+# replacing any earlier value of the same name.
+_SET_AUTO_CONF = r"""
+set -e
+auto="$1/postgresql.auto.conf"; shift
+touch "$auto"
+cp "$auto" "$auto.elephaas"
+for kv in "$@"; do
+  key="${kv%%=*}"
+  key="${key%% *}"
+  grep -v "^[[:space:]]*$key[[:space:]]*=" "$auto.elephaas" > "$auto.elephaas2" || true
+  mv "$auto.elephaas2" "$auto.elephaas"
+  printf '%s\n' "$kv" >> "$auto.elephaas"
+done
+mv "$auto.elephaas" "$auto"
+"""
+# The ps fallback of discovery: for each postmaster pid, its pid, data dir, version, port.
+_POSTMASTER_REPORT = r"""
+for pid in "$@"; do
+  dir=$(readlink "/proc/$pid/cwd") || continue
+  [ -f "$dir/PG_VERSION" ] || continue
+  port=$(sed -n 4p "$dir/postmaster.pid" 2>/dev/null)
+  printf '%s\t%s\t%s\t%s\n' "$pid" "$dir" "$(cat "$dir/PG_VERSION")" "${port:-5432}"
+done
+"""
+
+
+def _sh(script: str, *values: str) -> list[str]:
+    argv = ["sh", "-c", script, "sh", *values]
+    quote_argv(argv)  # validates every value: text, no NUL
+    return argv
+
+
+def _no_newline(value: str, what: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{what} must be one line: {value!r}")
+    return value
+
+
+def write_standby_config(data_dir: str, primary_conninfo_line: str) -> list[str]:
+    """`primary_conninfo_line`: instances.conninfo.config_line("primary_conninfo", …)."""
+    return _sh(_STANDBY_CONFIG, data_dir, _no_newline(primary_conninfo_line, "the setting"))
+
+
+def keep_aside(data_dir: str, kept_dir: str, files: Sequence[str]) -> list[str]:
+    for name in files:
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a file name in the data directory: {name!r}")
+    return _sh(_KEEP_ASIDE, data_dir, kept_dir, *files)
+
+
+def put_back(data_dir: str, kept_dir: str) -> list[str]:
+    return _sh(_PUT_BACK, data_dir, kept_dir)
+
+
+def empty_data_dir(data_dir: str) -> list[str]:
+    return _sh(_EMPTY_DATA_DIR, data_dir)
+
+
+def clean_for_rsync(data_dir: str) -> list[str]:
+    return _sh(_CLEAN_FOR_RSYNC, data_dir)
+
+
+def logged(logfile: str, argv: Sequence[str]) -> list[str]:
+    """Run argv with its stdout in `logfile` (read by the progress monitor); rsync's
+    "some files vanished" (24) counts as success."""
+    return _sh(_LOGGED, logfile, *argv)
+
+
+def write_file(path: str) -> list[str]:
+    """Write stdin to `path`, mode 0600 (the content never appears on a command line)."""
+    return _sh(_WRITE_FILE, path)
+
+
+def prepare_pg_wal(data_dir: str, logfile: str) -> list[str]:
+    return _sh(_PREPARE_PG_WAL, data_dir, logfile)
+
+
+def start_conf_auto(start_conf: str) -> list[str]:
+    return _sh(_START_CONF_AUTO, start_conf)
+
+
+def start_conf_manual(start_conf: str) -> list[str]:
+    return _sh(_START_CONF_MANUAL, start_conf)
+
+
+def write_conf_d(conf_dir: str, file_name: str, lines: Sequence[str]) -> list[str]:
+    if "/" in file_name or not file_name:
+        raise ValueError(f"not a file name: {file_name!r}")
+    return _sh(_WRITE_CONF_D, conf_dir, file_name, *(_no_newline(x, "a line") for x in lines))
+
+
+def set_auto_conf(data_dir: str, lines: Sequence[str]) -> list[str]:
+    """`lines`: config_line(...) values; each replaces any earlier line of its name."""
+    return _sh(_SET_AUTO_CONF, data_dir, *(_no_newline(x, "a line") for x in lines))
+
+
+def postmaster_report(pids: Sequence[int]) -> list[str]:
+    return _sh(_POSTMASTER_REPORT, *(str(int(pid)) for pid in pids))

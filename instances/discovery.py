@@ -1,15 +1,16 @@
 """Discovery, the pure part: read what a server reports about its clusters.
 
 No I/O here: these functions turn the text that `pg_lsclusters` or `ps` printed into
-plain records, and parse libpq conninfo strings. The operation in operations.py runs the
-commands and writes the inventory.
+plain records (conninfo strings are read by instances.conninfo). The operation in
+servers.py runs the commands and writes the inventory.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
+
+from instances.conninfo import parse_conninfo
 
 
 @dataclass(frozen=True)
@@ -125,34 +126,3 @@ def parse_postmaster_report(text: str) -> list[Postmaster]:
         except ValueError:
             continue
     return found
-
-
-_CONNINFO_TOKEN = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
-
-
-def parse_conninfo(conninfo: str) -> dict[str, str]:
-    """libpq `key=value` conninfo (values may be single-quoted with backslash escapes).
-    URIs (postgresql://…) are parsed for host and port only."""
-    conninfo = conninfo.strip()
-    if conninfo.startswith(("postgresql://", "postgres://")):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(conninfo)
-        result = {}
-        if parts.hostname:
-            result["host"] = parts.hostname
-        if parts.port:
-            result["port"] = str(parts.port)
-        return result
-    result: dict[str, str] = {}
-    pos = 0
-    while pos < len(conninfo):
-        match = _CONNINFO_TOKEN.match(conninfo, pos)
-        if not match:
-            break
-        key, value = match.group(1), match.group(2)
-        if value.startswith("'"):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        result[key] = value
-        pos = match.end()
-    return result

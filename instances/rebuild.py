@@ -1,8 +1,9 @@
-"""Rebuild a replica, point it at another upstream (remaster), create a new instance (init).
+"""Rebuild a replica: bring its data back in line with its upstream, then stream.
 
-The decisions (which copy method, whether an upstream is behind, whether a rebuild must be
-refused) are pure functions in `rebuild_planning`; this module gathers the facts over SSH
-and SQL, records each decision as a step and carries it out.
+The decisions (which copy method, whether a rebuild must be refused) are pure functions
+in `rebuild_planning`; this module gathers the facts over SSH and SQL, records each
+decision as a step and carries it out with the shared steps (instances.steps) and the
+command builders (instances.commands).
 
 Never copy into a running cluster: every path stops the instance first and checks with the
 status command. Credentials come only from ~postgres/.pgpass on the servers (the
@@ -21,18 +22,16 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from herds import drills
-from herds.planning import format_bytes, int_to_lsn, lsn_to_int
-from instances import lifecycle, probe, ssh
+from instances import commands, inventory, probe, ssh, steps
 from instances import rebuild_planning as rp
-from instances.choices import Role
-from instances.jobs import JobCancelled, JobContext, JobFailed, operation, server_slot
-from instances.models import Instance, JobKind, JobStep
+from instances.choices import CopyMethod, JobKind, Role
+from instances.jobs.registry import JobCancelled, JobFailed, operation
+from instances.jobs.runner import JobContext, server_slot
+from instances.models import Instance, JobStep
+from instances.wal import format_bytes, wal_segment_number
 
 log = logging.getLogger("elephaas.rebuild")
 
-# pg_ctl / pg_ctlcluster status: 0 running, 3 not running, 4 no cluster in the directory.
-STATUS_RUNNING, STATUS_STOPPED, STATUS_NO_CLUSTER = 0, 3, 4
 PROGRESS_INTERVAL = 1.0
 
 # Configuration files a replica keeps across a copy: its own ALTER SYSTEM settings and, in
@@ -40,198 +39,34 @@ PROGRESS_INTERVAL = 1.0
 # upstream's address). Set aside once: a retry after a failed copy must not overwrite the
 # saved files with nothing.
 KEEP_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
-KEEP_ASIDE = r"""
-set -e
-dir="$1"; kept="$2"; shift 2
-mkdir -p "$kept"
-for f in "$@"; do
-  if [ -f "$dir/$f" ] && [ ! -f "$kept/$f" ]; then cp -p "$dir/$f" "$kept/$f"; fi
-done
-ls "$kept"
-"""
-PUT_BACK = r"""
-set -e
-dir="$1"; kept="$2"
-[ -d "$kept" ] || exit 0
-for f in "$kept"/*; do
-  [ -f "$f" ] || continue
-  mv "$f" "$dir/"
-  echo "kept its own $(basename "$f")"
-done
-rmdir "$kept"
-"""
-EMPTY_DATA_DIR = r"""
-set -e
-mkdir -p "$1"
-chmod 700 "$1"
-find "$1" -mindepth 1 -delete
-"""
-# Before an rsync copy: what rsync excludes must not survive from the old cluster either.
-CLEAN_FOR_RSYNC = r"""
-set -e
-dir="$1"
-mkdir -p "$dir"
-chmod 700 "$dir"
-for sub in pg_wal pg_replslot pg_dynshmem pg_notify pg_serial pg_snapshots pg_stat_tmp \
-           pg_subtrans; do
-  if [ -d "$dir/$sub" ]; then find "$dir/$sub" -mindepth 1 -delete; fi
-done
-rm -f "$dir/postmaster.pid" "$dir/postmaster.opts" "$dir/backup_label" "$dir/tablespace_map" \
-      "$dir/standby.signal" "$dir/recovery.signal"
-"""
-# rsync's exit status 24 ("some files vanished") is normal when copying a live cluster.
-RSYNC_WRAPPER = r"""
-log="$1"; shift
-"$@" > "$log"
-rc=$?
-[ "$rc" -eq 24 ] && rc=0
-exit "$rc"
-"""
-WRITE_FILE = r"""
-umask 077
-cat > "$1"
-"""
-START_CONF_AUTO = r"""
-f="$1"
-if [ -f "$f" ] && grep -qx manual "$f"; then echo auto > "$f"; echo "start.conf: manual -> auto"; fi
-"""
-# Debian layout: the instance's own address and port, after the herd's configuration.
-INSTANCE_CONF = "zz-elephaas-instance.conf"
-WRITE_INSTANCE_CONF = r"""
-mkdir -p "$1/conf.d"
-printf '%s\n' "# written by ElepHaaS: this instance's own address and port" "$2" "$3" \
-  > "$1/conf.d/$4"
-"""
-# pg_ctl layout (configuration in the data directory): the same two settings in
-# postgresql.auto.conf, replacing any earlier value.
-SET_AUTO_CONF = r"""
-set -e
-auto="$1/postgresql.auto.conf"; shift
-touch "$auto"
-cp "$auto" "$auto.elephaas"
-for kv in "$@"; do
-  key="${kv%%=*}"
-  grep -v "^[[:space:]]*$key[[:space:]]*=" "$auto.elephaas" > "$auto.elephaas2" || true
-  mv "$auto.elephaas2" "$auto.elephaas"
-  printf '%s\n' "$kv" >> "$auto.elephaas"
-done
-mv "$auto.elephaas" "$auto"
-"""
 
 
-def _load(pk: int) -> Instance:
+def load(pk: int) -> Instance:
     return Instance.objects.select_related("server", "herd", "upstream__server").get(pk=pk)
 
 
-def where(instance: Instance) -> str:
-    return lifecycle.where(instance)
-
-
-def _hostport(instance: Instance) -> str:
-    return f"{instance.server.hostname}:{instance.port}"
-
-
-def _check_data_dir(instance: Instance) -> str:
+def check_data_dir(instance: Instance) -> str:
     """The directory a rebuild empties: refuse anything that looks like a system folder."""
     path = instance.effective_data_dir
     parts = [p for p in path.split("/") if p]
     if not path.startswith("/") or len(parts) < 2 or ".." in parts:
         raise JobFailed(
-            f"{where(instance)}: refusing to empty the data directory {path!r}: it must be an "
+            f"{instance.label}: refusing to empty the data directory {path!r}: it must be an "
             "absolute path at least two folders deep"
         )
     return path
 
 
 def resolve_upstream(instance: Instance) -> Instance:
-    """Its recorded upstream, else the herd's primary (never itself, never a fenced one)."""
-    if instance.upstream_id and instance.upstream_id != instance.pk:
-        upstream = _load(instance.upstream_id)
-        if not upstream.fenced:
-            return upstream
-    others = [i for i in drills.herd_instances(instance.herd) if i.pk != instance.pk]
-    primary = drills.recorded_primary(others)
-    if primary is None:
+    """Where it copies from: inventory.choose_upstream, the same choice the confirmation
+    page shows."""
+    upstream = inventory.choose_upstream(instance, inventory.herd_instances(instance.herd_id))
+    if upstream is None:
         raise JobFailed(
-            f"{where(instance)}: its herd has no other primary recorded to copy from; run "
+            f"{instance.label}: its herd has no other primary recorded to copy from; run "
             "discovery, or set its upstream"
         )
-    return _load(primary.pk)
-
-
-# --- status and stop -------------------------------------------------------------------------
-
-
-def cluster_state(ctx: JobContext, instance: Instance) -> str:
-    """ "running", "stopped", or "empty" (no cluster in its data directory, or none)."""
-    status = ctx.ssh(
-        instance.server, lifecycle.command_for("status", instance), "check status", check=False
-    )
-    if status.exit_status == STATUS_RUNNING:
-        return "running"
-    if status.exit_status == STATUS_STOPPED:
-        return "stopped"
-    if status.exit_status == STATUS_NO_CLUSTER:
-        return "empty"
-    exists = ctx.ssh(
-        instance.server,
-        ["test", "-d", instance.effective_data_dir],
-        "does the data directory exist?",
-        check=False,
-    )
-    if exists.exit_status == 1:
-        return "empty"
-    detail = (status.stderr or status.stdout).strip().splitlines()
-    raise JobFailed(
-        f"{where(instance)}: status check failed (exit {status.exit_status}: "
-        f"{detail[-1] if detail else 'no output'}); is the cluster configured on this server?"
-    )
-
-
-def ensure_stopped(ctx: JobContext, instance: Instance) -> str:
-    state = cluster_state(ctx, instance)
-    if state == "running":
-        try:
-            ctx.ssh(
-                instance.server,
-                lifecycle.command_for("stop", instance, mode="fast"),
-                "stop it (fast) before touching its data directory",
-            )
-        except JobFailed as exc:
-            raise JobFailed(
-                f"could not stop {where(instance)} ({exc}); nothing was copied: stop it by "
-                "hand, then retry"
-            ) from None
-        state = cluster_state(ctx, instance)
-        if state == "running":
-            raise JobFailed(
-                f"{where(instance)}: still running after the stop command; nothing was "
-                "copied: stop it by hand, then retry"
-            )
-    lifecycle.record(instance, None, "stopped for a rebuild")
-    return state
-
-
-def read_controldata(ctx: JobContext, instance: Instance) -> tuple[rp.ControlData | None, str]:
-    result = ctx.ssh(
-        instance.server,
-        [
-            "env",
-            "LC_ALL=C",
-            f"{drills.bindir(instance)}/pg_controldata",
-            "-D",
-            instance.effective_data_dir,
-        ],
-        "read its control file (pg_controldata)",
-        check=False,
-    )
-    if result.exit_status != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        return None, lines[-1] if lines else f"exit status {result.exit_status}"
-    try:
-        return rp.parse_controldata(result.stdout), ""
-    except rp.ParseError as exc:
-        return None, str(exc)
+    return load(upstream.pk)
 
 
 def upstream_facts(instance: Instance, upstream: Instance) -> probe.ControlFacts:
@@ -239,8 +74,8 @@ def upstream_facts(instance: Instance, upstream: Instance) -> probe.ControlFacts
         return probe.control_facts(upstream.server.hostname, upstream.port)
     except probe.ProbeError as exc:
         raise JobFailed(
-            f"the upstream {where(upstream)} does not answer ({exc}): nothing was changed on "
-            f"{where(instance)} yet; start the upstream or choose another, then retry"
+            f"the upstream {upstream.label} does not answer ({exc}): nothing was changed on "
+            f"{instance.label} yet; start the upstream or choose another, then retry"
         ) from None
 
 
@@ -360,7 +195,7 @@ def run_copy(
             monitor.stop()
             step.output = f"failed at {monitor.percent}%"
             raise JobFailed(
-                f"{where(instance)}: copy ({method}) failed at {monitor.percent}%: {exc}; the "
+                f"{instance.label}: copy ({method}) failed at {monitor.percent}%: {exc}; the "
                 "data directory is incomplete and the instance is stopped: retry the rebuild"
             ) from None
         monitor.stop()
@@ -379,43 +214,14 @@ def run_copy(
     return step.output
 
 
-# --- the three ways to bring a replica back ----------------------------------------------------
-
-
 def rewind(ctx: JobContext, instance: Instance, upstream: Instance) -> bool:
     """pg_rewind from the upstream; False when it failed (the caller falls back to a copy)."""
-    # pg_rewind reads the source's timeline from its control file, which a promoted server
-    # updates only at its first checkpoint (see herds.drills.rejoin_as_replica).
-    with ctx.step(
-        "checkpoint the upstream (its control file shows its timeline)", _hostport(upstream)
-    ):
-        try:
-            probe.checkpoint(upstream.server.hostname, upstream.port)
-        except probe.ProbeError as exc:
-            raise JobFailed(
-                f"{where(upstream)}: CHECKPOINT failed ({exc}); {where(instance)} is stopped, "
-                "its data untouched: retry the rebuild"
-            ) from None
-    source = (
-        f"host={upstream.server.hostname} port={upstream.port} "
-        f"user={settings.PG_PROBE_USER} dbname={settings.PG_PROBE_DATABASE}"
-    )
     try:
-        ctx.ssh(
-            instance.server,
-            [
-                "env",
-                "LC_ALL=C",
-                f"{drills.bindir(instance)}/pg_rewind",
-                "--target-pgdata",
-                instance.effective_data_dir,
-                "--source-server",
-                source,
-                "--progress",
-            ],
-            "pg_rewind from the upstream",
-            timeout=settings.JOB_TIME_LIMIT,
-        )
+        steps.checkpoint_rewind_source(ctx, upstream, instance)
+    except JobFailed as exc:
+        raise JobFailed(f"{exc}: retry the rebuild") from None
+    try:
+        steps.rewind(ctx, instance, upstream, timeout=settings.JOB_TIME_LIMIT)
     except JobFailed as exc:
         ctx.note(
             "pg_rewind failed: falling back to a full copy (pg_basebackup)",
@@ -428,13 +234,13 @@ def rewind(ctx: JobContext, instance: Instance, upstream: Instance) -> bool:
 
 
 def _kept_dir(instance: Instance) -> str:
-    return f"{_check_data_dir(instance)}.elephaas-kept"
+    return f"{check_data_dir(instance)}.elephaas-kept"
 
 
 def keep_aside(ctx: JobContext, instance: Instance, files: tuple[str, ...]) -> None:
     ctx.ssh(
         instance.server,
-        ["sh", "-c", KEEP_ASIDE, "sh", instance.effective_data_dir, _kept_dir(instance), *files],
+        commands.keep_aside(instance.effective_data_dir, _kept_dir(instance), files),
         "keep its own configuration files aside (" + ", ".join(files) + ")",
     )
 
@@ -442,7 +248,7 @@ def keep_aside(ctx: JobContext, instance: Instance, files: tuple[str, ...]) -> N
 def put_back(ctx: JobContext, instance: Instance) -> None:
     ctx.ssh(
         instance.server,
-        ["sh", "-c", PUT_BACK, "sh", instance.effective_data_dir, _kept_dir(instance)],
+        commands.put_back(instance.effective_data_dir, _kept_dir(instance)),
         "put its own configuration files back",
     )
 
@@ -459,34 +265,21 @@ def max_rate_kb(ctx: JobContext) -> int | None:
 
 
 def copy_basebackup(ctx: JobContext, instance: Instance, upstream: Instance, total: int) -> str:
-    data_dir = _check_data_dir(instance)
-    ctx.ssh(
-        instance.server, ["sh", "-c", EMPTY_DATA_DIR, "sh", data_dir], "empty the data directory"
-    )
+    data_dir = check_data_dir(instance)
+    ctx.ssh(instance.server, commands.empty_data_dir(data_dir), "empty the data directory")
     return run_copy(
         ctx,
         instance,
         rp.PG_BASEBACKUP,
-        [
-            f"{drills.bindir(instance)}/pg_basebackup",
-            "--host",
-            upstream.server.hostname,
-            "--port",
-            str(upstream.port),
-            "--username",
-            settings.REPLICATION_USER,
-            "--no-password",
-            "--pgdata",
+        commands.pg_basebackup(
+            steps.bindir(instance),
             data_dir,
-            "--wal-method",
-            "stream",
-            "--checkpoint",
-            "fast",
-            "--label",
-            f"elephaas job {ctx.job.pk}",
-            "--progress",
-            *([f"--max-rate={max_rate_kb(ctx)}k"] if max_rate_kb(ctx) else []),
-        ],
+            host=upstream.server.hostname,
+            port=upstream.port,
+            user=settings.REPLICATION_USER,
+            label=f"elephaas job {ctx.job.pk}",
+            max_rate_kb=max_rate_kb(ctx),
+        ),
         _measure_du(instance, total),
     )
 
@@ -494,31 +287,26 @@ def copy_basebackup(ctx: JobContext, instance: Instance, upstream: Instance, tot
 def copy_rsync(ctx: JobContext, instance: Instance, upstream: Instance) -> str:
     """rsync from the upstream's server inside pg_backup_start / pg_backup_stop (one
     session), then the backup_label it returns; streaming fetches the WAL of the copy."""
-    data_dir = _check_data_dir(instance)
+    data_dir = check_data_dir(instance)
     logfile = f"{data_dir}.elephaas-rsync.log"
     ctx.ssh(
         instance.server,
-        ["sh", "-c", CLEAN_FOR_RSYNC, "sh", data_dir],
+        commands.clean_for_rsync(data_dir),
         "clear what rsync leaves out (pg_wal, pg_replslot, postmaster.pid, …)",
     )
     label = f"elephaas job {ctx.job.pk}"
-    with ctx.step("pg_backup_start on the upstream", _hostport(upstream)) as step:
+    with ctx.step("pg_backup_start on the upstream", upstream.address) as step:
         try:
             session = probe.BackupSession(upstream.server.hostname, upstream.port, label)
         except probe.ProbeError as exc:
             raise JobFailed(
-                f"{where(upstream)}: pg_backup_start failed ({exc}); {where(instance)} is "
+                f"{upstream.label}: pg_backup_start failed ({exc}); {instance.label} is "
                 "stopped: retry the rebuild"
             ) from None
         step.output = f"backup started at {session.start_lsn}"
     with session:
         source = upstream.server
-        argv = [
-            "sh",
-            "-c",
-            RSYNC_WRAPPER,
-            "sh",
-            logfile,
+        rsync = [
             "rsync",
             "-a",
             "--delete",
@@ -530,77 +318,65 @@ def copy_rsync(ctx: JobContext, instance: Instance, upstream: Instance) -> str:
             "--info=progress2",
             *([f"--bwlimit={max_rate_kb(ctx)}"] if max_rate_kb(ctx) else []),
             "-e",
-            f"ssh -p {int(source.ssh_port)} -o BatchMode=yes",
+            commands.ssh_transport(source.ssh_port),
             *[f"--exclude={pattern}" for pattern in rp.RSYNC_EXCLUDES],
-            f"{source.ssh_user}@{source.hostname}:{upstream.effective_data_dir}/",
+            commands.remote_path(source.ssh_user, source.hostname, upstream.effective_data_dir),
             f"{data_dir}/",
         ]
-        figures = run_copy(ctx, instance, rp.RSYNC, argv, _measure_rsync_log(instance, logfile))
-        with ctx.step("pg_backup_stop on the upstream", _hostport(upstream)) as step:
+        figures = run_copy(
+            ctx,
+            instance,
+            rp.RSYNC,
+            commands.logged(logfile, rsync),
+            _measure_rsync_log(instance, logfile),
+        )
+        with ctx.step("pg_backup_stop on the upstream", upstream.address) as step:
             try:
                 stop_lsn, backup_label, tablespace_map = session.stop()
             except probe.ProbeError as exc:
                 raise JobFailed(
-                    f"{where(upstream)}: pg_backup_stop failed ({exc}); the copy on "
-                    f"{where(instance)} is unusable and it is stopped: retry the rebuild"
+                    f"{upstream.label}: pg_backup_stop failed ({exc}); the copy on "
+                    f"{instance.label} is unusable and it is stopped: retry the rebuild"
                 ) from None
             step.output = f"backup ended at {stop_lsn}"
     ctx.ssh(
         instance.server,
-        ["sh", "-c", WRITE_FILE, "sh", f"{data_dir}/backup_label"],
+        commands.write_file(f"{data_dir}/backup_label"),
         "write the backup_label pg_backup_stop returned",
         input=backup_label,
     )
     if tablespace_map.strip():
         ctx.ssh(
             instance.server,
-            ["sh", "-c", WRITE_FILE, "sh", f"{data_dir}/tablespace_map"],
+            commands.write_file(f"{data_dir}/tablespace_map"),
             "write the tablespace_map pg_backup_stop returned",
             input=tablespace_map,
         )
     ctx.ssh(
         instance.server,
-        ["sh", "-c", 'mkdir -p "$1/pg_wal/archive_status"; rm -f "$2"', "sh", data_dir, logfile],
+        commands.prepare_pg_wal(data_dir, logfile),
         "prepare pg_wal for streaming",
     )
     return figures
 
 
 def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) -> probe.ProbeResult:
-    """standby.signal and primary_conninfo (via herds.drills), start, wait until it streams
-    from the upstream; update the row."""
-    conninfo = drills.conninfo_for(upstream, instance)
-    ctx.ssh(
-        instance.server,
-        [
-            "sh",
-            "-c",
-            drills.STANDBY_CONFIG,
-            "sh",
-            instance.effective_data_dir,
-            f"primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'",
-        ],
-        f"configure as a standby of {where(upstream)}",
-    )
-    if instance.fenced and settings.COMMANDS_PRESET == "debian":
+    """standby.signal and primary_conninfo, start, wait until it streams from the upstream;
+    update the row (a rebuilt old primary is no longer fenced)."""
+    steps.write_standby_config(ctx, instance, upstream)
+    start_conf = steps.start_conf(instance)
+    if instance.fenced and start_conf:
         ctx.ssh(
             instance.server,
-            [
-                "sh",
-                "-c",
-                START_CONF_AUTO,
-                "sh",
-                f"/etc/postgresql/{instance.effective_pg_version}/"
-                f"{instance.effective_cluster_name}/start.conf",
-            ],
+            commands.start_conf_auto(start_conf),
             "let it start at boot again (start.conf: auto)",
         )
-    ctx.ssh(instance.server, lifecycle.command_for("start", instance), "start as a replica")
+    steps.start(ctx, instance, "start as a replica")
     ctx.progress(90)
-    drills.wait_streaming(ctx, instance, upstream)
-    result, error = lifecycle.try_probe(instance)
+    steps.wait_streaming(ctx, instance, upstream)
+    result, error = steps.try_probe(instance)
     if result is None:
-        raise JobFailed(f"{where(instance)} streamed, then stopped answering ({error})")
+        raise JobFailed(f"{instance.label} streamed, then stopped answering ({error})")
     now = timezone.now()
     Instance.objects.filter(pk=instance.pk).update(
         role=Role.REPLICA,
@@ -635,15 +411,16 @@ def rebuild_from(
     """
     facts = upstream_facts(instance, upstream)
     ctx.progress(2)
-    ensure_stopped(ctx, instance)
+    steps.ensure_stopped(ctx, instance, "before touching its data directory")
+    steps.record(instance, None, "stopped for a rebuild")
     ctx.check_cancel()
     if fresh:
         decision = rp.Decision(requested, "a new instance starts from a full copy of its upstream")
     else:
-        control, control_error = read_controldata(ctx, instance)
+        control, control_error = steps.read_controldata(ctx, instance)
         oldest = None
         if facts.oldest_wal and control is not None:
-            oldest = rp.wal_segment_number(facts.oldest_wal, control.segment_size)
+            oldest = wal_segment_number(facts.oldest_wal, control.segment_size)
         decision = rp.choose_method(
             rp.RebuildFacts(
                 requested=requested,
@@ -656,7 +433,7 @@ def rebuild_from(
         )
     ctx.note(
         decision.sentence,
-        f"{decision.sentence}\nupstream: {where(upstream)}",
+        f"{decision.sentence}\nupstream: {upstream.label}",
         instance.server.hostname,
     )
     # A new instance keeps only what ElepHaaS wrote (its address and port, pg_ctl layout);
@@ -681,7 +458,7 @@ def rebuild_from(
     lag = format_bytes(result.lag_bytes) if result.lag_bytes is not None else "unknown"
     seconds = f", {result.lag_seconds:.1f} s" if result.lag_seconds is not None else ""
     return (
-        f"{where(instance)} rebuilt from {where(upstream)} with {method}"
+        f"{instance.label} rebuilt from {upstream.label} with {method}"
         + (f" ({figures})" if figures else "")
         + f"; streaming, lag {lag}{seconds}"
     )
@@ -691,19 +468,18 @@ def rebuild_from(
 def rebuild(ctx: JobContext) -> str:
     """Rebuild a replica from its upstream (or the herd's primary): see rebuild_from.
     Refused for a primary or an instance with replicas of its own unless params["force"]."""
-    instance = _load(ctx.job.instance_id)
+    instance = load(ctx.job.instance_id)
     params = ctx.job.params
-    requested = params.get("method") or "auto"
+    requested = params.get("method") or CopyMethod.AUTO
     if requested not in rp.METHODS:
         raise JobFailed(f"method {requested!r} is not one of {', '.join(rp.METHODS)}")
     max_rate_kb(ctx)  # a bad value fails here, before anything is stopped
-    live, _error = lifecycle.try_probe(instance)
+    live, _error = steps.try_probe(instance)
     downstreams = [
-        where(i)
-        for i in Instance.objects.select_related("server", "herd").filter(upstream=instance)
+        i.label for i in Instance.objects.select_related("server", "herd").filter(upstream=instance)
     ]
     refusal = rp.rebuild_refusal(
-        label=where(instance),
+        label=instance.label,
         recorded_primary=instance.role == Role.PRIMARY,
         live_primary=live is not None and not live.in_recovery,
         downstreams=downstreams,
@@ -716,269 +492,8 @@ def rebuild(ctx: JobContext) -> str:
     if params.get("force") and (downstreams or instance.role == Role.PRIMARY):
         ctx.note(
             "forced",
-            f"the DBA ticked 'force': {where(instance)} is "
+            f"the DBA ticked 'force': {instance.label} is "
             + ("a primary" if instance.role == Role.PRIMARY else "an upstream")
             + (f" of {', '.join(downstreams)}" if downstreams else ""),
         )
     return rebuild_from(ctx, instance, upstream, requested)
-
-
-# --- remaster ---------------------------------------------------------------------------------
-
-
-def _position(instance: Instance) -> tuple[rp.Position, int | None]:
-    try:
-        in_recovery, lsn, replayed, timeline = probe.replication_position(
-            instance.server.hostname, instance.port
-        )
-    except probe.ProbeError as exc:
-        raise JobFailed(f"{where(instance)} does not answer ({exc}): nothing changed") from None
-    position = rp.Position(where(instance), in_recovery, lsn_to_int(lsn) or 0, timeline)
-    return position, lsn_to_int(replayed)
-
-
-@operation(JobKind.REMASTER)
-def remaster(ctx: JobContext) -> str:
-    """1. check the new upstream: same herd, not itself, not one of its own downstreams;
-    2. live: the replica is in recovery; the upstream is not behind it (timeline, LSN);
-    3. ALTER SYSTEM SET primary_conninfo + reload; 4. wait until it streams from it;
-    5. record the upstream on the row."""
-    replica = _load(ctx.job.instance_id)
-    upstream_id = ctx.job.params.get("upstream_id")
-    upstream = (
-        Instance.objects.select_related("server", "herd").filter(pk=upstream_id).first()
-        if isinstance(upstream_id, int)
-        else None
-    )
-    if upstream is None:
-        raise JobFailed(f"{where(replica)}: the new upstream (id {upstream_id!r}) does not exist")
-    if upstream.pk == replica.pk:
-        raise JobFailed(f"{where(replica)} cannot stream from itself")
-    if upstream.herd_id != replica.herd_id:
-        raise JobFailed(f"{where(upstream)} is not in herd {replica.herd.name}")
-    if upstream.fenced:
-        raise JobFailed(f"{where(upstream)} is fenced: it cannot be an upstream")
-    node, depth = upstream, 0
-    while node is not None and depth < 32:
-        if node.upstream_id == replica.pk:
-            raise JobFailed(
-                f"{where(upstream)} streams (directly or through others) from {where(replica)}: "
-                "following it would be a replication loop"
-            )
-        node = _load(node.upstream_id) if node.upstream_id else None
-        depth += 1
-    position, replayed = _position(replica)
-    if not position.in_recovery:
-        raise JobFailed(f"{where(replica)} is a primary (not in recovery): nothing to remaster")
-    up_position, _ = _position(upstream)
-    refusal = rp.remaster_refusal(position, replayed or 0, up_position)
-    ctx.note(
-        "is the new upstream behind?",
-        refusal
-        or (
-            f"{up_position.label} at {int_to_lsn(up_position.lsn)} "
-            f"(timeline {up_position.timeline}); {position.label} replayed "
-            f"{int_to_lsn(replayed or 0)} (timeline {position.timeline})"
-        ),
-    )
-    if refusal:
-        raise JobFailed(f"refusing to remaster {where(replica)}: {refusal}")
-    current = probe.probe(replica.server.hostname, replica.port)
-    conninfo = drills.conninfo_for(upstream, replica, current.primary_conninfo)
-    with ctx.step(f"point it at {where(upstream)}", _hostport(replica)) as step:
-        try:
-            probe.set_primary_conninfo(replica.server.hostname, replica.port, conninfo)
-        except probe.ProbeError as exc:
-            raise JobFailed(f"{where(replica)}: could not set primary_conninfo ({exc})") from None
-        step.output = f"primary_conninfo = {conninfo}"
-    try:
-        drills.wait_streaming(ctx, replica, upstream)
-    except JobFailed as exc:
-        raise JobFailed(
-            f"{exc}; its primary_conninfo now names {where(upstream)}: remaster it back to "
-            "its previous upstream if that one works"
-        ) from None
-    result, error = lifecycle.try_probe(replica)
-    lifecycle.record(replica, result, error)
-    Instance.objects.filter(pk=replica.pk).update(
-        upstream=upstream, streams_from=upstream.address, upstream_streaming=True
-    )
-    return f"{where(replica)} now streams from {where(upstream)}"
-
-
-# --- init -----------------------------------------------------------------------------------
-
-
-def _conf_dir(instance: Instance) -> str:
-    return f"/etc/postgresql/{instance.effective_pg_version}/{instance.effective_cluster_name}"
-
-
-def create_cluster(ctx: JobContext, instance: Instance) -> None:
-    """pg_createcluster (Debian preset; postgres may run it where /etc/postgresql/VERSION is
-    its own, as on the lab) or initdb (pg_ctl preset). Skipped when already there."""
-    data_dir = _check_data_dir(instance)
-    if settings.COMMANDS_PRESET == "debian":
-        there = ctx.ssh(
-            instance.server,
-            ["test", "-f", f"{_conf_dir(instance)}/postgresql.conf"],
-            "is the cluster already created?",
-            check=False,
-        )
-        if there.exit_status == 0:
-            ctx.note("already created", f"{_conf_dir(instance)} exists: not created again")
-            return
-        ctx.ssh(
-            instance.server,
-            [
-                "pg_createcluster",
-                "--port",
-                str(instance.port),
-                "--datadir",
-                data_dir,
-                str(instance.effective_pg_version),
-                instance.effective_cluster_name,
-                "--",
-                "--data-checksums",
-            ],
-            "create the cluster (pg_createcluster)",
-        )
-        return
-    there = ctx.ssh(
-        instance.server,
-        ["test", "-f", f"{data_dir}/PG_VERSION"],
-        "is the cluster already created?",
-        check=False,
-    )
-    if there.exit_status == 0:
-        ctx.note("already created", f"{data_dir}/PG_VERSION exists: not created again")
-        return
-    ctx.ssh(
-        instance.server,
-        [f"{drills.bindir(instance)}/initdb", "-D", data_dir, "--data-checksums"],
-        "create the cluster (initdb)",
-    )
-
-
-def configure_instance(ctx: JobContext, instance: Instance, source: Instance | None) -> None:
-    """Debian: the herd's access rules and settings copied from `source`'s configuration
-    folder (pg_hba.conf, pg_ident.conf, conf.d/), then this instance's own address and port
-    in conf.d/zz-elephaas-instance.conf, read last. pg_ctl preset: the configuration lives in
-    the data directory (a replica gets its upstream's with the copy); address and port go
-    to postgresql.auto.conf."""
-    listen = f"listen_addresses = '{instance.server.hostname}'"
-    port = f"port = {int(instance.port)}"
-    if settings.COMMANDS_PRESET != "debian":
-        ctx.ssh(
-            instance.server,
-            ["sh", "-c", SET_AUTO_CONF, "sh", instance.effective_data_dir, listen, port],
-            "set its address and port (postgresql.auto.conf)",
-        )
-        return
-    conf_dir = _conf_dir(instance)
-    if source is not None:
-        server = source.server
-        ctx.ssh(
-            instance.server,
-            [
-                "rsync",
-                "-a",
-                "-e",
-                f"ssh -p {int(server.ssh_port)} -o BatchMode=yes",
-                f"--exclude=/conf.d/{INSTANCE_CONF}",
-                "--include=/pg_hba.conf",
-                "--include=/pg_ident.conf",
-                "--include=/conf.d/",
-                "--include=/conf.d/**",
-                "--exclude=*",
-                f"{server.ssh_user}@{server.hostname}:{_conf_dir(source)}/",
-                f"{conf_dir}/",
-            ],
-            f"copy the herd's configuration from {where(source)}",
-        )
-    ctx.ssh(
-        instance.server,
-        [
-            "sh",
-            "-c",
-            WRITE_INSTANCE_CONF,
-            "sh",
-            conf_dir,
-            listen,
-            port,
-            INSTANCE_CONF,
-        ],
-        "set its address and port (conf.d)",
-    )
-
-
-@operation(JobKind.INIT)
-def init(ctx: JobContext) -> str:
-    """Create an instance of a herd on a server; each step checks whether it is done, so a
-    retry resumes.
-
-    1. create the cluster (pg_createcluster, or initdb) unless it exists;
-    2. configure it: the herd's configuration from another instance, its own address/port;
-    3. a primary: start, wait until it accepts connections;
-       a replica: unless it already streams, a full copy from the herd's primary
-       (rebuild_from), standby configuration, start, wait until it streams."""
-    instance = _load(ctx.job.instance_id)
-    if instance.role not in (Role.PRIMARY, Role.REPLICA):
-        raise JobFailed(f"{where(instance)}: set its role (primary or replica) before creating it")
-    others = [i for i in drills.herd_instances(instance.herd) if i.pk != instance.pk]
-    upstream = resolve_upstream(instance) if instance.role == Role.REPLICA else None
-    primary = drills.recorded_primary(others)
-    if instance.role == Role.PRIMARY and primary is not None:
-        raise JobFailed(
-            f"{instance.herd.name} already has a primary ({where(primary)}): a second one "
-            "would take writes of its own; create this instance as a replica"
-        )
-    source = upstream or primary or (others[0] if others else None)
-    if upstream is not None:
-        receiver = None
-        try:
-            receiver = probe.wal_receiver(instance.server.hostname, instance.port)
-        except probe.ProbeError:
-            pass
-        if receiver and receiver[:3] == ("streaming", upstream.server.hostname, upstream.port):
-            result, error = lifecycle.try_probe(instance)
-            lifecycle.record(instance, result, error)
-            Instance.objects.filter(pk=instance.pk).update(
-                upstream=upstream, streams_from=upstream.address, online=True
-            )
-            ctx.note("already streaming", f"from {where(upstream)}: nothing left to do")
-            return f"{where(instance)} already exists and streams from {where(upstream)}"
-        live, _error = lifecycle.try_probe(instance)
-        if live is not None and not live.in_recovery:
-            raise JobFailed(
-                f"{where(instance)} already exists and runs as a primary: refusing to replace "
-                "its data with a copy; rebuild it (with 'force') if that is what you want"
-            )
-    create_cluster(ctx, instance)
-    ctx.progress(2)
-    if instance.role == Role.PRIMARY:
-        configure_instance(ctx, instance, source)
-        if cluster_state(ctx, instance) != "running":
-            ctx.ssh(instance.server, lifecycle.command_for("start", instance), "start")
-        if cluster_state(ctx, instance) != "running":
-            raise JobFailed(f"{where(instance)}: created but it does not start: see its log")
-        result, error = lifecycle.try_probe(instance)
-        Instance.objects.filter(pk=instance.pk).update(
-            online=True, last_checked=timezone.now(), state_changed_at=timezone.now()
-        )
-        if result is None:
-            return (
-                f"{where(instance)} created and running; ElepHaaS cannot connect to it yet "
-                f"({error}): create the {settings.PG_PROBE_USER} role and a pg_hba.conf line "
-                "for it"
-            )
-        lifecycle.record(instance, result)
-        return f"{where(instance)} created and running as a primary"
-    configure_instance(ctx, instance, source)
-    requested = ctx.job.params.get("method") or rp.PG_BASEBACKUP
-    if requested == "auto":
-        requested = rp.PG_BASEBACKUP
-    if requested not in (rp.PG_BASEBACKUP, rp.RSYNC):
-        raise JobFailed(f"a new replica is copied with pg_basebackup or rsync, not {requested!r}")
-    max_rate_kb(ctx)
-    summary = rebuild_from(ctx, instance, upstream, requested, fresh=True)
-    return summary.replace(" rebuilt from ", " created from ", 1)

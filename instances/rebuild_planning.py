@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from herds.planning import format_bytes, int_to_lsn, lsn_to_int
+from instances.choices import CopyMethod
+from instances.controldata import ControlData, ParseError
+from instances.wal import format_bytes, int_to_lsn
 
-METHODS = ("auto", "pg_basebackup", "rsync")
-PG_REWIND = "pg_rewind"
-PG_BASEBACKUP = "pg_basebackup"
-RSYNC = "rsync"
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+METHODS = CopyMethod.requestable()
+PG_REWIND = CopyMethod.PG_REWIND
+PG_BASEBACKUP = CopyMethod.PG_BASEBACKUP
+RSYNC = CopyMethod.RSYNC
 
 # What a full copy with rsync must not bring over from the upstream (or must bring in a
 # controlled way): the same list pg_basebackup leaves out. Anchored at the data directory.
@@ -40,67 +41,6 @@ RSYNC_EXCLUDES = (
     "/backup_label.old",
     "/tablespace_map",
 )
-
-
-class ParseError(ValueError):
-    pass
-
-
-# --- pg_controldata -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControlData:
-    system_identifier: str
-    state: str  # "shut down", "shut down in recovery", "in production", …
-    checksum_version: int
-    wal_log_hints: bool
-    redo_lsn: int | None  # Latest checkpoint's REDO location
-    timeline: int | None  # Latest checkpoint's TimeLineID
-    segment_size: int
-
-    @property
-    def rewindable(self) -> bool:
-        """pg_rewind needs to see every changed page: checksums or wal_log_hints."""
-        return self.checksum_version > 0 or self.wal_log_hints
-
-
-def parse_controldata(text: str) -> ControlData:
-    """Parse `LC_ALL=C pg_controldata` output (English labels)."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    sysid = fields.get("Database system identifier", "")
-    if not sysid.isdigit():
-        raise ParseError("pg_controldata printed no database system identifier")
-    try:
-        checksums = int(fields.get("Data page checksum version", "0"))
-        segment = int(fields.get("Bytes per WAL segment", str(DEFAULT_SEGMENT_SIZE)))
-        timeline_text = fields.get("Latest checkpoint's TimeLineID", "")
-        timeline = int(timeline_text) if timeline_text else None
-    except ValueError as exc:
-        raise ParseError(f"pg_controldata: unexpected number ({exc})") from None
-    redo = fields.get("Latest checkpoint's REDO location", "")
-    return ControlData(
-        system_identifier=sysid,
-        state=fields.get("Database cluster state", "unknown"),
-        checksum_version=checksums,
-        wal_log_hints=fields.get("wal_log_hints setting", "off") == "on",
-        redo_lsn=lsn_to_int(redo) if re.fullmatch(r"[0-9A-Fa-f]+/[0-9A-Fa-f]+", redo) else None,
-        timeline=timeline,
-        segment_size=segment,
-    )
-
-
-def wal_segment_number(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
-    """The position of a WAL file name (TTTTTTTTXXXXXXXXYYYYYYYY) in the WAL, ignoring
-    its timeline: comparable with `lsn // segment_size`."""
-    if not re.fullmatch(r"[0-9A-F]{24}", name):
-        raise ParseError(f"not a WAL segment file name: {name!r}")
-    per_xlogid = 0x100000000 // segment_size
-    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
 
 
 # --- choosing the method --------------------------------------------------------------------

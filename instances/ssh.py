@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import select
@@ -36,8 +35,10 @@ from typing import Protocol
 
 import paramiko
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
-from .commands import Command, quote_argv
+from instances.commands import Command, quote_argv
+from instances.validators import sha256_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +154,9 @@ class _Target:
 def host_key_fingerprint(key_b64: str) -> str:
     """The SHA256 fingerprint of a base64 public key, as `ssh-keygen -l` prints it."""
     try:
-        blob = base64.b64decode(key_b64.strip(), validate=True)
-    except (binascii.Error, ValueError):
+        return sha256_fingerprint(key_b64.strip())
+    except ValidationError:
         return "(invalid key)"
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode()
-    return "SHA256:" + digest.rstrip("=")
 
 
 def _key_blob_type(key_b64: str) -> str | None:

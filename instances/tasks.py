@@ -6,7 +6,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from instances import health, jobs
+from instances import health
+from instances.jobs import runner
 
 
 @shared_task(
@@ -18,15 +19,12 @@ from instances import health, jobs
     time_limit=settings.JOB_TIME_LIMIT + 60,
 )
 def run_job(self, job_id: int) -> str:
-    # Operations are registered on import; the worker imports them here.
-    from instances import operations  # noqa: F401
-
-    return jobs.execute(job_id, task_id=self.request.id or "")
+    return runner.execute(job_id, task_id=self.request.id or "")
 
 
 @shared_task(name="instances.reap_lost_jobs")
 def reap_lost_jobs() -> int:
-    return jobs.reap_lost_jobs()
+    return runner.reap_lost_jobs()
 
 
 @shared_task(
@@ -44,4 +42,4 @@ def poll_health() -> dict:
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
     """A restarted worker fails the jobs its dead predecessor on this host left running."""
-    jobs.reap_lost_jobs(this_host_only=True)
+    runner.reap_lost_jobs(this_host_only=True)

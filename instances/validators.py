@@ -271,13 +271,6 @@ def validate_lsn(value: str) -> None:
         )
 
 
-def lsn_to_int(value: str) -> int:
-    """The byte position of an LSN, to compare and subtract LSNs as PostgreSQL does."""
-    validate_lsn(value)
-    high, low = value.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
 def validate_host_key_type(value: str) -> None:
     if value not in HOST_KEY_TYPES:
         raise ValidationError(

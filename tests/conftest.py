@@ -43,6 +43,7 @@ def celery_worker(lab, django_db_setup, django_db_blocker):
     from django.db import connection
 
     from elephaas.celery import app, ping
+    from tests.helpers import die_with_parent
 
     log = state.LAB_DIR / "log" / "test-worker.log"
     env = dict(os.environ)
@@ -59,6 +60,7 @@ def celery_worker(lab, django_db_setup, django_db_blocker):
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
     try:
         deadline = time.monotonic() + 60

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import time
 
 from instances.models import Job, JobState, Server
@@ -24,3 +26,10 @@ def wait_for_job(job: Job, states=None, timeout: float = 30) -> Job:
                 f"job #{job.pk} still {job.state} after {timeout}s: {job.error or job.summary}"
             )
         time.sleep(0.1)
+
+
+def die_with_parent() -> None:
+    """preexec_fn for workers a test session starts: the kernel ends them when the session
+    ends, even when pytest itself is killed and its fixtures' finalizers never run."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

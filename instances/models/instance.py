@@ -199,6 +199,11 @@ class Instance(models.Model):
         return f"{self.server.hostname}:{self.port}"
 
     @property
+    def label(self) -> str:
+        """How jobs, plans, drills and errors name it: `orders on 127.0.1.2:5432`."""
+        return f"{self.herd.name} on {self.address}"
+
+    @property
     def effective_cluster_name(self) -> str:
         return self.herd.effective_cluster_name
 

@@ -2,8 +2,9 @@
 
 A job is created by the admin (or a management command), enqueued after the transaction
 commits, claimed by exactly one worker with a conditional update, run under a lock on its
-target, and ended as succeeded, failed (an expected failure with a one-line reason) or
-cancelled. Its steps record what ran where, with exit status, duration and output tail.
+target, and ended as succeeded, failed (an expected failure with a one-line reason),
+errored (a bug: its traceback is kept) or cancelled. Its steps record what ran where,
+with exit status, duration and output tail.
 """
 
 from __future__ import annotations
@@ -15,43 +16,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-
-class JobState(models.TextChoices):
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    SUCCEEDED = "succeeded", "succeeded"
-    FAILED = "failed", "failed"
-    CANCELLED = "cancelled", "cancelled"
-
-    @classmethod
-    def terminal(cls) -> frozenset[str]:
-        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})
-
-    @classmethod
-    def active(cls) -> frozenset[str]:
-        return frozenset({cls.QUEUED, cls.RUNNING})
-
-
-class JobKind(models.TextChoices):
-    DISCOVER = "discover", "discover instances"
-    CHECK_SERVER = "check_server", "check SSH connection"
-    START = "start", "start"
-    STOP = "stop", "stop"
-    RESTART = "restart", "restart"
-    RELOAD = "reload", "reload"
-    PROMOTE = "promote", "promote"
-    SWITCHOVER = "switchover", "planned switchover"
-    FAILOVER = "failover", "DR failover"
-    REFRESH_DNS = "refresh_dns", "refresh DNS"
-    REBUILD = "rebuild", "rebuild replica"
-    REMASTER = "remaster", "remaster replica"
-    INIT = "init", "create instance"
-
-
-class JobOrigin(models.TextChoices):
-    ADMIN = "admin", "web admin"
-    CLI = "cli", "management command"
-    SCHEDULE = "schedule", "schedule"
+from instances.choices import JobKind, JobOrigin, JobState
 
 
 class JobQuerySet(models.QuerySet):
@@ -140,7 +105,7 @@ class Job(models.Model):
                         server__isnull=True,
                         herd__isnull=True,
                         instance__isnull=True,
-                        state__in=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED],
+                        state__in=sorted(JobState.terminal()),
                     )
                 ),
                 name="job_has_one_target",

@@ -18,13 +18,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from herds.models import Herd
+from instances.admin.jobs import STATE_COLOURS
 from instances.choices import ReplicationHealth, Role
-from instances.health import replication_q
+from instances.health_rules import replication_q
 from instances.models import Instance, Job, JobState
 
 register = template.Library()
 
 RED, ORANGE, GREY = "#ba2121", "#e65100", "#777"
+ERRORED_COLOUR = STATE_COLOURS[JobState.ERRORED]
 FAILED_WINDOW = timedelta(hours=24)
 # Health polling is late when its last check is older than this many intervals.
 STALE_INTERVALS = 3
@@ -72,6 +74,9 @@ def fleet_counts(now: datetime | None = None) -> dict[str, Any]:
         Job.objects.aggregate(
             jobs_running=Count("pk", filter=Q(state=JobState.RUNNING)),
             jobs_failed=Count("pk", filter=Q(state=JobState.FAILED, finished_at__gte=failed_since)),
+            jobs_errored=Count(
+                "pk", filter=Q(state=JobState.ERRORED, finished_at__gte=failed_since)
+            ),
         )
     )
     counted["split_brain"] = Herd.objects.split_brain().count()
@@ -174,6 +179,17 @@ def fleet_dashboard(context: template.Context) -> dict[str, Any]:
                             finished_at__gte=c["failed_since"].isoformat(sep=" "),
                         ),
                         RED,
+                    ),
+                    Figure(
+                        "jobs_errored",
+                        "errored (a bug) in the last 24 h",
+                        c["jobs_errored"],
+                        _url(
+                            jobs,
+                            state__exact="errored",
+                            finished_at__gte=c["failed_since"].isoformat(sep=" "),
+                        ),
+                        ERRORED_COLOUR,
                     ),
                 ],
             )

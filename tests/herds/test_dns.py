@@ -21,11 +21,11 @@ from django.contrib.messages.storage.fallback import FallbackStorage
 from django.test import RequestFactory, override_settings
 
 from herds import dns as elephaas_dns
-from herds import dns_ops  # noqa: F401 - registers the operation (the worker's import too)
-from herds.admin_dns import refresh_dns_action
+from herds import dns_records
+from herds.admin.refresh_dns import refresh_dns_action
 from herds.models import Herd
-from instances import jobs
 from instances.choices import Role
+from instances.jobs import queue, runner
 from instances.models import Job, JobKind, JobState
 from tests.factories import make_environment, make_herd, make_instance
 from tests.helpers import add_lab_server, wait_for_job
@@ -215,7 +215,7 @@ def test_it_refreshes_a_herds_dns_through_the_worker(celery_worker, orders):
     herd, _primary, _replica = orders
     elephaas_dns.point_vhost(herd.vhost, "127.0.1.2", "A")  # stale: the old primary
 
-    [job] = jobs.create_jobs(JobKind.REFRESH_DNS, [herd])
+    [job] = queue.create_jobs(JobKind.REFRESH_DNS, [herd])
     job = wait_for_job(job)
 
     assert job.state == JobState.SUCCEEDED, job.error
@@ -237,7 +237,7 @@ def test_it_refreshes_a_herds_dns_through_the_worker(celery_worker, orders):
     assert steps[1].output.startswith(f"{vhost} → 127.0.1.1 (was 127.0.1.2); A, TTL ")
 
     # Again: the same records, said to be unchanged.
-    [again] = jobs.create_jobs(JobKind.REFRESH_DNS, [herd])
+    [again] = queue.create_jobs(JobKind.REFRESH_DNS, [herd])
     again = wait_for_job(again)
     assert again.state == JobState.SUCCEEDED, again.error
     assert again.summary.splitlines()[0] == f"{vhost} → 127.0.1.1 (unchanged)"
@@ -250,7 +250,7 @@ def test_it_refuses_to_refresh_a_split_brain_herd_and_changes_nothing(orders):
     replica.role, replica.upstream = Role.PRIMARY, None
     replica.save()
 
-    [job] = jobs.run_inline(jobs.create_jobs(JobKind.REFRESH_DNS, [herd], queue=False))
+    [job] = runner.run_inline(queue.create_jobs(JobKind.REFRESH_DNS, [herd], queue=False))
 
     assert job.state == JobState.FAILED
     assert job.error.startswith(f"DNS not changed: {herd.name} is in split brain: 2 online ")
@@ -263,7 +263,7 @@ def test_it_fails_the_job_clearly_when_dns_refuses_the_update(orders):
     herd, _primary, _replica = orders
     wrong = base64.b64encode(os.urandom(32)).decode()
     with override_settings(DNS_TSIG_SECRET=wrong):
-        [job] = jobs.run_inline(jobs.create_jobs(JobKind.REFRESH_DNS, [herd], queue=False))
+        [job] = runner.run_inline(queue.create_jobs(JobKind.REFRESH_DNS, [herd], queue=False))
     assert job.state == JobState.FAILED
     assert job.error.startswith(f"vhost of {herd.name}: DNS server 127.0.0.1:")
     assert "NOTAUTH" in job.error and wrong not in job.error
@@ -271,45 +271,68 @@ def test_it_fails_the_job_clearly_when_dns_refuses_the_update(orders):
     assert ask_bind(herd.vhost) == (dns.rcode.NXDOMAIN, [])
 
 
-@pytest.mark.django_db
-def test_the_confirmation_page_shows_what_dns_answers_and_what_it_will_point_to(
-    orders, django_user_model
+def _refresh_page(user, herd):
+    request = RequestFactory().post("/admin/herds/herd/", {"action": "refresh_dns_herds"})
+    request.user = user
+    page = refresh_dns_action(admin.site._registry[Herd], request, Herd.objects.filter(pk=herd.pk))
+    return page.render().content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_confirmation_page_shows_the_last_refresh_and_what_it_will_point_to(
+    celery_worker, orders, django_user_model
 ):
     herd, _primary, _replica = orders
     elephaas_dns.point_vhost(herd.vhost, "127.0.1.2", "A")
     alice = django_user_model.objects.create_user("alice", is_staff=True)
     alice.user_permissions.add(Permission.objects.get(codename="refresh_dns"))
     alice = django_user_model.objects.get(pk=alice.pk)
-    modeladmin = admin.site._registry[Herd]
-    factory = RequestFactory()
 
-    request = factory.post("/admin/herds/herd/", {"action": "refresh_dns_herds"})
-    request.user = alice
-    page = refresh_dns_action(modeladmin, request, Herd.objects.filter(pk=herd.pk))
-    content = page.render().content.decode()
-    assert f"vhost {herd.vhost}: DNS answers 127.0.1.2; will point to 127.0.1.1" in content
-    assert f"read-only vhost {herd.ro_vhost}: DNS answers no record; will list 127.0.1.2" in content
+    content = _refresh_page(alice, herd)
+    assert f"vhost {herd.vhost}: no Refresh DNS recorded yet; will point to 127.0.1.1" in content
+    assert f"read-only vhost {herd.ro_vhost}: no Refresh DNS recorded yet; will list 127.0.1.2" in (
+        content
+    )
     assert not Job.objects.exists()
 
-    request = factory.post("/admin/herds/herd/", {"action": "refresh_dns_herds", "confirm": "yes"})
+    request = RequestFactory().post(
+        "/admin/herds/herd/", {"action": "refresh_dns_herds", "confirm": "yes"}
+    )
     request.user = alice
     request.session = {}
     request._messages = FallbackStorage(request)
-    assert refresh_dns_action(modeladmin, request, Herd.objects.filter(pk=herd.pk)) is None
+    assert refresh_dns_action(admin.site._registry[Herd], request, Herd.objects.all()) is None
     [job] = Job.objects.all()
     assert (job.kind, job.herd, job.requested_by) == (JobKind.REFRESH_DNS, herd, alice)
+    job = wait_for_job(job)
+    assert job.state == JobState.SUCCEEDED, job.error
 
-
-@pytest.mark.django_db
-def test_the_confirmation_page_shows_a_dns_server_that_does_not_answer(orders, django_user_model):
-    herd, _primary, _replica = orders
-    alice = django_user_model.objects.create_user("alice", is_staff=True)
-    alice.user_permissions.add(Permission.objects.get(codename="refresh_dns"))
-    alice = django_user_model.objects.get(pk=alice.pk)
-    request = RequestFactory().post("/admin/herds/herd/", {"action": "refresh_dns_herds"})
-    request.user = alice
+    # What DNS answers comes from that job's record: the page asks no DNS server (here
+    # none answers on port 1, and the page still shows the recorded answers at once).
     with override_settings(DNS_PORT=1):
-        page = refresh_dns_action(admin.site._registry[Herd], request, Herd.objects.all())
-        content = page.render().content.decode()
-    assert "lookup failed: DNS server 127.0.0.1:1: cannot query" in content
-    assert "not asked (the DNS server did not answer an earlier lookup)" in content
+        started = time.monotonic()
+        content = _refresh_page(alice, herd)
+        assert time.monotonic() - started < 1
+    name, ro_name = dns_records.fqdn(herd.vhost), dns_records.fqdn(herd.ro_vhost)
+    assert f"vhost {herd.vhost}: {name} → 127.0.1.1 (was 127.0.1.2) (recorded by job #{job.pk}" in (
+        content
+    )
+    assert (
+        f"read-only vhost {herd.ro_vhost}: {ro_name} → 127.0.1.2 (was no record) (recorded by"
+        in (content)
+    )
+    assert "will point to 127.0.1.1" in content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_confirmation_page_says_when_the_last_refresh_failed(orders, django_user_model):
+    herd, _primary, _replica = orders
+    alice = django_user_model.objects.create_superuser("alice")
+    with override_settings(DNS_PORT=1):
+        [job] = runner.run_inline(
+            queue.create_jobs(JobKind.REFRESH_DNS, [herd], user=alice, queue=False)
+        )
+    assert job.state == JobState.FAILED
+    content = _refresh_page(alice, herd)
+    assert f"vhost {herd.vhost}: last refresh failed (job #{job.pk}" in content
+    assert "cannot query" in content or "cannot connect" in content or "refused" in content

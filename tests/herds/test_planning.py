@@ -7,9 +7,6 @@ import pytest
 from herds.planning import (
     Member,
     Snapshot,
-    format_bytes,
-    int_to_lsn,
-    lsn_to_int,
     plan_failover,
     plan_switchover,
 )
@@ -45,15 +42,6 @@ def snap(primary, *replicas, known=None):
 
 
 PRIMARY = member(1, "h1", recovery=False, lsn=0x5A000000)
-
-
-def test_it_converts_lsns_both_ways():
-    assert lsn_to_int("16/B374D848") == (0x16 << 32) + 0xB374D848
-    assert int_to_lsn(lsn_to_int("16/B374D848")) == "16/B374D848"
-    assert lsn_to_int("") is None
-    with pytest.raises(ValueError):
-        lsn_to_int("5A000000")
-    assert format_bytes(3 * MB) == "3.0 MB"
 
 
 def test_it_switches_over_to_the_most_replayed_replica_with_a_sentence():

@@ -9,7 +9,7 @@ from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import RequestFactory
 
-from instances.admin_rebuild import init_action, rebuild_action, remaster_action
+from instances.admin.rebuild import init_action, rebuild_action, remaster_action
 from instances.models import Instance, Job, JobKind, Role
 from tests.factories import make_environment, make_herd, make_instance, make_server
 
@@ -112,3 +112,23 @@ def test_it_confirms_then_queues_init_of_a_new_instance(admin_user, shop):
     call(init_action, admin_user, [new], confirm="yes")
     [job] = Job.objects.all()
     assert (job.kind, job.instance_id) == (JobKind.INIT, new.pk)
+
+
+def test_the_page_names_the_upstream_the_job_will_copy_from(admin_user, shop):
+    """Where the two used to differ: the recorded upstream is fenced, and the herd records
+    two unfenced primaries, the older one offline. Page and job both ask
+    inventory.choose_upstream, so both name the online primary."""
+    from instances.rebuild import resolve_upstream
+
+    Instance.objects.filter(pk=shop["primary"].pk).update(fenced=True)
+    offline = make_instance(
+        herd=shop["herd"], server=shop["servers"][3], role=Role.PRIMARY, online=False
+    )
+    online = make_instance(
+        herd=shop["herd"], server=make_server("127.0.1.245"), role=Role.PRIMARY, online=True
+    )
+    assert offline.pk < online.pk
+    text = call(rebuild_action, admin_user, [shop["a"]])
+    job_choice = resolve_upstream(Instance.objects.with_related().get(pk=shop["a"].pk))
+    assert job_choice == online
+    assert f"<td>{shop['a']}</td><td>{online}</td>" in text

@@ -15,13 +15,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from herds.models import Herd
-from instances.choices import ReplicationHealth, Role
-from instances.health import replication_health, replication_q
-from instances.health_display import (
+from instances.admin.display import (
     ReplicationListFilter,
     herd_health_annotations,
     herd_health_summary,
 )
+from instances.choices import ReplicationHealth, Role
+from instances.health_rules import replication_health, replication_q
 from instances.models import Instance, Job, JobKind, JobState
 from tests.factories import make_environment, make_herd, make_instance, make_server
 
@@ -86,6 +86,7 @@ def build_fleet() -> None:
         (JobState.RUNNING, None),
         (JobState.FAILED, now - timedelta(hours=1)),
         (JobState.FAILED, now - timedelta(hours=30)),
+        (JobState.ERRORED, now - timedelta(hours=2)),
         (JobState.SUCCEEDED, now - timedelta(hours=1)),
     ):
         Job.objects.create(kind=JobKind.DISCOVER, server=server, state=state, finished_at=finished)
@@ -127,6 +128,7 @@ def test_it_shows_the_fleet_at_a_glance(admin_client):
         "split_brain": 1,
         "jobs_running": 1,
         "jobs_failed": 1,
+        "jobs_errored": 1,
     }
     # The app list is still there, below.
     assert page.index('id="fleet-dashboard"') < page.index("app-instances")

@@ -10,12 +10,12 @@ import pytest
 from django.conf import settings
 
 from herds.models import Herd
+from instances.admin.display import replication_badge
 from instances.choices import ReplicationHealth, Role
-from instances.health import replication_health
-from instances.health_display import replication_badge
+from instances.health_rules import replication_health
 from instances.models import Instance
 from instances.tasks import poll_health
-from instances.validators import lsn_to_int
+from instances.wal import lsn_to_int
 from lab import fleet
 from lab import herd as lab_herd
 from tests.factories import make_environment, make_server

@@ -11,11 +11,11 @@ import time
 import pytest
 from django.db import connection
 
-from instances import jobs
+from instances.jobs import queue, registry, runner
 from instances.models import Job, JobKind, JobOrigin, JobState
 from lab import fleet, state
 from tests.factories import make_environment
-from tests.helpers import add_lab_server, wait_for_job
+from tests.helpers import add_lab_server, die_with_parent, wait_for_job
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
@@ -26,13 +26,13 @@ def server(lab_servers):
 
 
 def test_it_claims_a_job_exactly_once_under_a_race(server):
-    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
     results = []
     barrier = threading.Barrier(8)
 
     def contender():
         barrier.wait()
-        results.append(jobs.claim(job.pk, "task"))
+        results.append(runner.claim(job.pk, "task"))
         connection.close()
 
     threads = [threading.Thread(target=contender) for _ in range(8)]
@@ -43,14 +43,14 @@ def test_it_claims_a_job_exactly_once_under_a_race(server):
     assert sorted(results) == [False] * 7 + [True]
     job.refresh_from_db()
     assert job.state == JobState.RUNNING
-    assert job.worker == jobs.worker_id()
+    assert job.worker == runner.worker_id()
 
 
 def test_it_runs_a_job_on_the_worker_and_records_its_steps(
     celery_worker, server, django_user_model
 ):
     alice = django_user_model.objects.create_user("alice")
-    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], user=alice)
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], user=alice)
     job = wait_for_job(job)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.requested_by == alice and job.requested_by_name == "alice"
@@ -71,40 +71,74 @@ def test_it_runs_a_job_on_the_worker_and_records_its_steps(
 def test_it_fails_a_job_clearly_when_the_host_key_changed(celery_worker, server, lab_servers):
     server.host_key = lab_servers[1].host_key
     server.save()
-    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server])
     job = wait_for_job(job)
     assert job.state == JobState.FAILED
     assert server.hostname in job.error and "host key changed" in job.error
     assert "re-pin" in job.error
 
 
+def test_it_ends_a_bug_as_errored_with_its_traceback_apart_from_a_refusal(server, monkeypatch):
+    """The runner's real lifecycle (claim, lock, steps, end) in this process, with an
+    operation that has a bug after its first real step."""
+
+    def buggy(ctx):
+        ctx.ssh(ctx.job.server, ["id", "-un"], "log in")
+        return {}["missing"]
+
+    def refusing(ctx):
+        raise registry.JobFailed("srv1: refused, nothing changed")
+
+    monkeypatch.setitem(registry.OPERATIONS, JobKind.CHECK_SERVER, buggy)
+    [job] = runner.run_inline(queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False))
+    assert job.state == JobState.ERRORED
+    assert job.error.startswith("a bug in ElepHaaS, not a refusal: KeyError: 'missing'")
+    assert "Traceback" in job.traceback and "buggy" in job.traceback
+    assert [s.name for s in job.steps.all()] == ["log in"]
+    again = queue.retry(job, None)
+    assert again.retry_of_id == job.pk and again.state == JobState.QUEUED
+
+    monkeypatch.setitem(registry.OPERATIONS, JobKind.CHECK_SERVER, refusing)
+    [again] = runner.run_inline([again])
+    assert (again.state, again.error, again.traceback) == (
+        JobState.FAILED,
+        "srv1: refused, nothing changed",
+        "",
+    )
+
+
+def test_it_refuses_two_operations_for_one_kind():
+    with pytest.raises(RuntimeError, match="two operations registered"):
+        registry.operation(JobKind.CHECK_SERVER)(lambda ctx: "")
+
+
 def _hold_server_lock(server):
     """Another job holding the server: claimed and locked by this test process."""
-    [holder] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False, origin=JobOrigin.CLI)
-    assert jobs.claim(holder.pk, "held-by-test")
+    [holder] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False, origin=JobOrigin.CLI)
+    assert runner.claim(holder.pk, "held-by-test")
     holder = Job.objects.with_related().get(pk=holder.pk)
-    return holder, jobs.take_lock(holder, threading.Event())
+    return holder, runner.take_lock(holder, threading.Event())
 
 
 def test_it_fails_a_conflicting_job_with_the_holder_named_then_retries(celery_worker, server):
     holder, lock = _hold_server_lock(server)
     try:
-        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+        [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server])
         job = wait_for_job(job)
     finally:
         lock.release()
     assert job.state == JobState.FAILED
     assert job.error.startswith(f"{server.hostname} is busy: job #{holder.pk}")
     assert job.steps.count() == 0
-    again = wait_for_job(jobs.retry(job, None))
+    again = wait_for_job(queue.retry(job, None))
     assert again.state == JobState.SUCCEEDED
     assert again.retry_of_id == job.pk and again.batch == job.batch
 
 
 def test_it_cancels_a_queued_job_which_then_never_runs(server):
-    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
-    assert "cancelled before it started" in jobs.cancel(job, None)
-    assert jobs.execute(job.pk) == JobState.CANCELLED
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    assert "cancelled before it started" in queue.cancel(job, None)
+    assert runner.execute(job.pk) == JobState.CANCELLED
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED and job.steps.count() == 0
 
@@ -113,9 +147,9 @@ def test_it_cancels_a_running_job(celery_worker, server, django_user_model):
     oscar = django_user_model.objects.create_user("oscar")
     holder, lock = _hold_server_lock(server)
     try:
-        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server])
+        [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server])
         wait_for_job(job, states={JobState.RUNNING})
-        assert "is running" in jobs.cancel(job, oscar)
+        assert "is running" in queue.cancel(job, oscar)
         job = wait_for_job(job)
     finally:
         lock.release()
@@ -141,6 +175,7 @@ def lone_worker(lab, django_db_setup):
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         procs.append(proc)
         return proc
@@ -158,7 +193,7 @@ def test_it_fails_a_job_whose_worker_was_killed_mid_job(server, lone_worker):
     worker = lone_worker()
     holder, lock = _hold_server_lock(server)
     try:
-        [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+        [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
         run_job.apply_async(args=[job.pk], task_id=job.task_id, queue="lone")
         job = wait_for_job(job, states={JobState.RUNNING}, timeout=60)
         assert job.worker.endswith(f":{worker.pid}")

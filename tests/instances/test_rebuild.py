@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from instances import jobs, probe
+from instances import probe
 from instances.choices import Role
+from instances.jobs import queue, runner
 from instances.models import Instance, Job, JobKind, JobState
 from lab import fleet
 from lab import herd as lab_herd
@@ -35,7 +36,7 @@ def rbt(lab_servers):
     lab_herd.create(NAME, primary=1, replicas=[2, 3], port=PORT)
     env = make_environment("prod")
     servers = [add_lab_server(s, env) for s in lab_servers[:4]]
-    jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, servers[:3], queue=False))
+    runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers[:3], queue=False))
     found = {
         n: Instance.objects.with_related().get(server=servers[n - 1], port=PORT) for n in (1, 2, 3)
     }
@@ -47,7 +48,7 @@ def rbt(lab_servers):
 
 
 def run(kind, instance, timeout=180, **params) -> Job:
-    [job] = jobs.create_jobs(kind, [instance], params=params)
+    [job] = queue.create_jobs(kind, [instance], params=params)
     return wait_for_job(job, timeout=timeout)
 
 
@@ -124,7 +125,7 @@ def test_it_copies_a_damaged_replica_in_full_with_progress(celery_worker, rbt):
     ctl(2, "stop")
     fleet.server_ns(2).run(["rm", f"{DATA_DIR}/global/pg_control"], user="postgres")
     write_rows(10)
-    [job] = jobs.create_jobs(JobKind.REBUILD, [replica], params={"max_rate_kb": 8192})
+    [job] = queue.create_jobs(JobKind.REBUILD, [replica], params={"max_rate_kb": 8192})
     seen = set()
     deadline = time.monotonic() + 180
     while not Job.objects.get(pk=job.pk).is_terminal and time.monotonic() < deadline:
@@ -256,14 +257,14 @@ def test_it_can_be_cancelled_mid_copy_and_retried(celery_worker, rbt):
         "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 40000) g",
     )
     write_rows(5)
-    [job] = jobs.create_jobs(
+    [job] = queue.create_jobs(
         JobKind.REBUILD, [replica], params={"method": "pg_basebackup", "max_rate_kb": 2048}
     )
     deadline = time.monotonic() + 60
     while not job.steps.filter(name="copy progress (pg_basebackup)", output__contains="%").exists():
         assert time.monotonic() < deadline, "the copy never reported progress"
         time.sleep(0.1)
-    jobs.cancel(job, None)
+    queue.cancel(job, None)
     job = wait_for_job(job, timeout=30)
     assert job.state == JobState.CANCELLED
     step = job.steps.get(name="copy progress (pg_basebackup)")
@@ -272,7 +273,7 @@ def test_it_can_be_cancelled_mid_copy_and_retried(celery_worker, rbt):
     replica.refresh_from_db()
     assert replica.online is False
 
-    retried = wait_for_job(jobs.retry(job, None), timeout=180)
+    retried = wait_for_job(queue.retry(job, None), timeout=180)
     assert_rebuilt(retried, replica, rbt[1], "pg_basebackup")
     outputs = "\n".join(retried.steps.values_list("output", flat=True))
     assert "kept its own postgresql.auto.conf" in outputs

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from instances.validators import (
     join_path,
-    lsn_to_int,
     normalise_hostname,
     normalise_path,
     sha256_fingerprint,
@@ -305,11 +304,6 @@ class TestLsn:
     @pytest.mark.parametrize("lsn", ["", "16", "16/", "/1", "G/0", "1/2/3", "123456789/0", "0/0\n"])
     def test_it_rejects_other_text(self, lsn):
         assert "WAL location" in messages(validate_lsn, lsn)
-
-    @given(st.integers(min_value=0, max_value=2**64 - 1))
-    def test_it_converts_lsns_to_byte_positions(self, position):
-        lsn = f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-        assert lsn_to_int(lsn) == position
 
 
 class TestHostKey:

@@ -13,13 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from instances import jobs
+from instances.jobs import queue as job_queue
+from instances.jobs import runner
 from instances.models import JobKind, JobOrigin, JobState, Server
 
 
 def _run_one(job_id: int, task_id: str) -> None:
     try:
-        jobs.execute(job_id, task_id=task_id)
+        runner.execute(job_id, task_id=task_id)
     finally:
         connection.close()
 
@@ -52,7 +53,9 @@ class Command(BaseCommand):
             servers = [known[h] for h in hostnames]
         if not servers:
             raise CommandError("no servers in the inventory")
-        created = jobs.create_jobs(JobKind.DISCOVER, servers, origin=JobOrigin.CLI, queue=queue)
+        created = job_queue.create_jobs(
+            JobKind.DISCOVER, servers, origin=JobOrigin.CLI, queue=queue
+        )
         if queue:
             self.stdout.write(f"queued {len(created)} discovery job(s), batch {created[0].batch}")
             return

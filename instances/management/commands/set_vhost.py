@@ -8,7 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from herds.models import Herd
-from instances import jobs
+from instances.jobs import queue as job_queue
+from instances.jobs import runner
 from instances.models import JobKind, JobOrigin, JobState
 
 
@@ -35,8 +36,8 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         target.save()
-        [job] = jobs.run_inline(
-            jobs.create_jobs(JobKind.REFRESH_DNS, [target], origin=JobOrigin.CLI, queue=False)
+        [job] = runner.run_inline(
+            job_queue.create_jobs(JobKind.REFRESH_DNS, [target], origin=JobOrigin.CLI, queue=False)
         )
         if job.state != JobState.SUCCEEDED:
             raise CommandError(f"{herd}: DNS not updated: {job.error}")

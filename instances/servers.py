@@ -1,4 +1,4 @@
-"""Operations run by jobs. Each takes a JobContext, does its steps, returns a summary."""
+"""Server jobs: check the SSH connection, and discover the clusters a server runs."""
 
 from __future__ import annotations
 
@@ -6,21 +6,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from herds.models import Herd
-from instances import discovery, probe
-from instances.choices import Role
-from instances.jobs import JobContext, JobFailed, operation
-from instances.models import Instance, JobKind, Server
-
-# The ps fallback: for each postmaster pid given, print pid, data dir, version and port.
-# Values arrive as positional arguments ("$@"), never formatted into the script.
-POSTMASTER_REPORT = r"""
-for pid in "$@"; do
-  dir=$(readlink "/proc/$pid/cwd") || continue
-  [ -f "$dir/PG_VERSION" ] || continue
-  port=$(sed -n 4p "$dir/postmaster.pid" 2>/dev/null)
-  printf '%s\t%s\t%s\t%s\n' "$pid" "$dir" "$(cat "$dir/PG_VERSION")" "${port:-5432}"
-done
-"""
+from instances import commands, discovery, probe
+from instances.choices import JobKind, Role
+from instances.jobs.registry import JobFailed, operation
+from instances.jobs.runner import JobContext
+from instances.models import Instance, Server
 
 
 @operation(JobKind.CHECK_SERVER)
@@ -54,11 +44,7 @@ def list_clusters(ctx: JobContext, server: Server) -> list[discovery.FoundCluste
     pids = discovery.find_postmasters(ps.stdout)
     if not pids:
         return []
-    report = ctx.ssh(
-        server,
-        ["sh", "-c", POSTMASTER_REPORT, "sh", *map(str, pids)],
-        "read postmaster data directories",
-    )
+    report = ctx.ssh(server, commands.postmaster_report(pids), "read postmaster data directories")
     return [
         discovery.FoundCluster(
             version=pm.version,
@@ -268,9 +254,3 @@ def _link_upstreams() -> list[str]:
             replica.save(update_fields=["upstream", "updated_at"])
             linked.append(f"{replica} → {upstream}")
     return linked
-
-
-# The instance actions register themselves on import.
-from herds import dns_ops, drills  # noqa: E402, F401, I001
-from instances import lifecycle  # noqa: E402, F401
-from instances import rebuild  # noqa: E402, F401

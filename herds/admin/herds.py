@@ -15,11 +15,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from elephaas.admin_security import AuditedActionsMixin
-from herds.admin_dns import RefreshDNSActionMixin
+from herds.admin.refresh_dns import RefreshDNSActionMixin
 from herds.models import DRCandidate, Drill, DRPair, Environment, Herd
-from instances import health_display
-from instances.admin import RED, badge, format_bytes, online_badge
+from instances.admin import display
+from instances.admin.display import RED, badge, online_badge
 from instances.models import Instance, Role, Server, correlated_count
+from instances.wal import format_bytes
 
 
 @admin.register(Environment)
@@ -117,13 +118,13 @@ class DrillActionsMixin(RefreshDNSActionMixin):
 
     @admin.action(description="Planned switchover of selected herds", permissions=["switchover"])
     def switchover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
-        from herds.admin_drills import switchover_action
+        from herds.admin.drills import switchover_action
 
         return switchover_action(self, request, queryset)
 
     @admin.action(description="DR failover of selected herds", permissions=["failover"])
     def failover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
-        from herds.admin_drills import failover_action
+        from herds.admin.drills import failover_action
 
         return failover_action(self, request, queryset)
 
@@ -168,7 +169,7 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
             return "—"
         from django.db.models import Q
 
-        from instances.admin_jobs import recent_jobs_html
+        from instances.admin.jobs import recent_jobs_html
         from instances.models import Job
 
         return recent_jobs_html(Job.objects.filter(Q(herd=herd) | Q(instance__herd=herd)))
@@ -178,12 +179,12 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
             super()
             .get_queryset(request)
             .with_summary()
-            .annotate(**health_display.herd_health_annotations())
+            .annotate(**display.herd_health_annotations())
         )
 
     @admin.display(description="health")
     def health(self, herd: Herd) -> str:
-        return health_display.herd_health_summary(herd)
+        return display.herd_health_summary(herd)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Herd | None = None):
         # Fixed at creation (see Herd.save): it is the name of a cluster on disk.

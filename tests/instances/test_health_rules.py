@@ -7,8 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from instances.admin.display import (
+    changed_recently,
+    herd_health_summary,
+    replication_badge,
+)
 from instances.choices import ReplicationHealth, Role
-from instances.health import (
+from instances.health_rules import (
     Unreachable,
     is_lagging,
     lag_bytes,
@@ -16,12 +21,6 @@ from instances.health import (
     replication_health,
     state_changed,
     streaming,
-)
-from instances.health_display import (
-    changed_recently,
-    format_bytes,
-    herd_health_summary,
-    replication_badge,
 )
 from instances.probe import ProbeResult
 
@@ -264,9 +263,9 @@ def replica(**fields):
         (
             {"lag_bytes": 20 * MB, "lag_seconds": 40.0},
             ReplicationHealth.LAGGING,
-            "lagging: 20 MB, 40 s",
+            "lagging: 20.0 MB, 40 s",
         ),
-        ({"lag_seconds": 90.0}, ReplicationHealth.LAGGING, "lagging: 0 B, 90 s"),
+        ({"lag_seconds": 90.0}, ReplicationHealth.LAGGING, "lagging: 0 bytes, 90 s"),
         ({"upstream_streaming": False}, ReplicationHealth.NOT_STREAMING, "not streaming"),
         (
             {"upstream_streaming": False, "upstream": SimpleNamespace(online=False, address="a")},
@@ -303,14 +302,6 @@ def test_it_marks_a_recent_change_in_orange():
     mark = changed_recently(replica(state_changed_at=NOW - timedelta(minutes=3)), now=NOW)
     assert "#e65100" in mark and "changed 3 min ago" in mark
     assert "just now" in changed_recently(replica(state_changed_at=NOW), now=NOW)
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [(0, "0 B"), (1023, "1023 B"), (12 * MB, "12 MB"), (3 * 1024 * MB, "3 GB"), (2**50, "1024 TB")],
-)
-def test_it_formats_bytes(value, text):
-    assert format_bytes(value) == text
 
 
 def herd(total=3, offline=0, unknown=0, lagging=0, broken=0):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from herds.planning import lsn_to_int
+from instances import controldata
 from instances import rebuild_planning as rp
+from instances.wal import lsn_to_int
 
 CONTROLDATA = """\
 pg_control version number:            1300
@@ -29,9 +30,9 @@ Mock authentication nonce:            351c55b4f00066a1924b1bfd2554aaa9
 SYSID = "7710818126975774298"
 
 
-def control(**changes) -> rp.ControlData:
-    base = rp.parse_controldata(CONTROLDATA)
-    return rp.ControlData(**{**base.__dict__, **changes})
+def control(**changes) -> controldata.ControlData:
+    base = controldata.parse_controldata(CONTROLDATA)
+    return controldata.ControlData(**{**base.__dict__, **changes})
 
 
 def facts(**changes) -> rp.RebuildFacts:
@@ -49,7 +50,7 @@ def facts(**changes) -> rp.RebuildFacts:
 
 class TestControlData:
     def test_it_reads_the_fields_a_rebuild_needs(self):
-        data = rp.parse_controldata(CONTROLDATA)
+        data = controldata.parse_controldata(CONTROLDATA)
         assert data.system_identifier == SYSID
         assert data.state == "shut down in recovery"
         assert (data.checksum_version, data.wal_log_hints) == (1, True)
@@ -72,24 +73,16 @@ class TestControlData:
         ],
     )
     def test_it_rejects_output_without_a_system_identifier(self, text):
-        with pytest.raises(rp.ParseError):
-            rp.parse_controldata(text)
+        with pytest.raises(controldata.ParseError):
+            controldata.parse_controldata(text)
 
     def test_it_rejects_a_bad_number(self):
-        with pytest.raises(rp.ParseError):
-            rp.parse_controldata(CONTROLDATA.replace("version:           1", "version: x"))
+        with pytest.raises(controldata.ParseError):
+            controldata.parse_controldata(CONTROLDATA.replace("version:           1", "version: x"))
 
     def test_it_tolerates_a_missing_redo_location(self):
         text = CONTROLDATA.replace("0/4073670", "???")
-        assert rp.parse_controldata(text).redo_lsn is None
-
-    def test_it_numbers_wal_segments_across_log_files(self):
-        assert rp.wal_segment_number("000000010000000000000004") == 4
-        assert rp.wal_segment_number("000000020000000100000003") == 256 + 3
-        assert rp.wal_segment_number("000000010000000100000000") == lsn_to_int("1/0") // 2**24
-        for bad in ("00000001000000000000000", "00000001000000000000000g", "../../etc/passwd"):
-            with pytest.raises(rp.ParseError):
-                rp.wal_segment_number(bad)
+        assert controldata.parse_controldata(text).redo_lsn is None
 
 
 class TestChooseMethod:
@@ -210,7 +203,7 @@ class TestProgress:
 
     def test_it_reads_du(self):
         assert rp.parse_du("123456\t/var/lib/postgresql/15/main\n") == 123456
-        with pytest.raises(rp.ParseError):
+        with pytest.raises(controldata.ParseError):
             rp.parse_du("du: cannot access '/nope': No such file or directory")
 
     def test_it_never_shows_100_percent_before_the_copy_ends(self):

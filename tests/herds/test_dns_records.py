@@ -10,8 +10,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.test import RequestFactory, override_settings
 
-from herds import dns
-from herds.admin_dns import refresh_dns_action
+from herds import dns, dns_records
+from herds.admin.refresh_dns import refresh_dns_action
 from instances.choices import Role
 from tests.factories import make_herd, make_instance, make_server
 
@@ -39,14 +39,14 @@ class TestFqdn:
         ],
     )
     def test_it_makes_a_vhost_absolute_in_the_zone(self, name):
-        assert dns.fqdn(name) == "orders.lab.elephaas.test."
+        assert dns_records.fqdn(name) == "orders.lab.elephaas.test."
 
     def test_it_keeps_deeper_names_inside_the_zone(self):
-        assert dns.fqdn("ro.orders.lab.elephaas.test") == "ro.orders.lab.elephaas.test."
+        assert dns_records.fqdn("ro.orders.lab.elephaas.test") == "ro.orders.lab.elephaas.test."
 
     def test_it_accepts_a_zone_setting_without_its_trailing_dot(self):
         with override_settings(DNS_ZONE="Lab.Elephaas.Test"):
-            assert dns.fqdn("orders") == "orders.lab.elephaas.test."
+            assert dns_records.fqdn("orders") == "orders.lab.elephaas.test."
 
     @pytest.mark.parametrize(
         "name",
@@ -81,9 +81,9 @@ class TestFqdn:
         ],
     )
     def test_it_refuses_hostile_or_invalid_names(self, name):
-        with pytest.raises(dns.DNSNameError) as info:
-            dns.fqdn(name)
-        assert isinstance(info.value, ValueError) and isinstance(info.value, dns.DNSError)
+        with pytest.raises(dns_records.DNSNameError) as info:
+            dns_records.fqdn(name)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, dns_records.DNSError)
         assert "\n" not in str(info.value)
 
     @pytest.mark.parametrize(
@@ -100,12 +100,12 @@ class TestFqdn:
         ],
     )
     def test_it_refuses_names_outside_the_zone_or_its_apex(self, name):
-        with pytest.raises(dns.DNSNameError, match=r"zone lab\.elephaas\.test\."):
-            dns.fqdn(name)
+        with pytest.raises(dns_records.DNSNameError, match=r"zone lab\.elephaas\.test\."):
+            dns_records.fqdn(name)
 
     def test_it_says_how_to_write_a_name_outside_the_zone(self):
-        with pytest.raises(dns.DNSNameError) as info:
-            dns.fqdn("orders.example.com")
+        with pytest.raises(dns_records.DNSNameError) as info:
+            dns_records.fqdn("orders.example.com")
         assert str(info.value) == (
             "“orders.example.com” is not in the zone lab.elephaas.test., the only zone "
             "ElepHaaS updates: write the vhost as one label (“orders”) or in full "
@@ -113,14 +113,14 @@ class TestFqdn:
         )
 
     def test_it_names_the_offending_character(self):
-        with pytest.raises(dns.DNSNameError, match="contains a space"):
-            dns.fqdn("or ders")
-        with pytest.raises(dns.DNSNameError, match="contains “;”"):
-            dns.fqdn("orders;")
+        with pytest.raises(dns_records.DNSNameError, match="contains a space"):
+            dns_records.fqdn("or ders")
+        with pytest.raises(dns_records.DNSNameError, match="contains “;”"):
+            dns_records.fqdn("orders;")
 
     def test_it_refuses_text_that_is_not_a_string(self):
-        with pytest.raises(dns.DNSNameError, match="must be text"):
-            dns.fqdn(None)
+        with pytest.raises(dns_records.DNSNameError, match="must be text"):
+            dns_records.fqdn(None)
 
 
 class TestRefusalsBeforeSending:
@@ -143,7 +143,7 @@ class TestRefusalsBeforeSending:
 
     @pytest.mark.parametrize("hostname", ["db1;id", "db 1", "$(id)", "db1\n.example.com"])
     def test_it_refuses_a_hostile_server_host_name(self, hostname):
-        with override_settings(**NO_SERVER), pytest.raises(dns.DNSNameError):
+        with override_settings(**NO_SERVER), pytest.raises(dns_records.DNSNameError):
             dns.point_vhost("orders", hostname, "CNAME")
 
     def test_it_never_sends_an_unsigned_update(self):
@@ -174,17 +174,19 @@ class TestRefusalsBeforeSending:
 
 class TestDNSResult:
     def test_it_describes_a_move(self):
-        result = dns.DNSResult("orders.lab.elephaas.test.", "A", ("127.0.1.1",), ("127.0.1.2",))
+        result = dns_records.DNSResult(
+            "orders.lab.elephaas.test.", "A", ("127.0.1.1",), ("127.0.1.2",)
+        )
         assert result.describe() == "orders.lab.elephaas.test. → 127.0.1.1 (was 127.0.1.2)"
         assert result.value == "127.0.1.1" and result.changed
 
     def test_it_describes_a_new_name_an_unchanged_one_and_a_deletion(self):
         name = "ro.lab.elephaas.test."
-        new = dns.DNSResult(name, "A", ("127.0.1.2", "127.0.1.3"))
+        new = dns_records.DNSResult(name, "A", ("127.0.1.2", "127.0.1.3"))
         assert new.describe() == f"{name} → 127.0.1.2, 127.0.1.3 (was no record)"
-        same = dns.DNSResult(name, "A", ("127.0.1.2",), ("127.0.1.2",))
+        same = dns_records.DNSResult(name, "A", ("127.0.1.2",), ("127.0.1.2",))
         assert same.describe() == f"{name} → 127.0.1.2 (unchanged)"
-        gone = dns.DNSResult(name, "A", (), ("127.0.1.2",))
+        gone = dns_records.DNSResult(name, "A", (), ("127.0.1.2",))
         assert gone.describe() == f"{name} deleted (was 127.0.1.2)"
 
 
@@ -215,7 +217,7 @@ class TestDesiredRecords:
             node("127.0.1.7", Role.REPLICA, needs_rebuild=True),
             node("127.0.1.8", Role.UNKNOWN),
         ]
-        desired = dns.desired_records(herd(), instances)
+        desired = dns_records.desired_records(herd(), instances)
         assert desired["primary"] == "127.0.1.1"
         assert desired["primary_instance"] is instances[1]
         assert desired["replicas"] == ["127.0.1.2", "127.0.1.3"]
@@ -231,10 +233,10 @@ class TestDesiredRecords:
             node("127.0.1.2", Role.REPLICA, port=5432),
             node("127.0.1.2", Role.REPLICA, port=5433),
         ]
-        assert dns.desired_records(herd(), instances)["replicas"] == ["127.0.1.2"]
+        assert dns_records.desired_records(herd(), instances)["replicas"] == ["127.0.1.2"]
 
     def test_it_refuses_a_herd_without_a_primary(self):
-        desired = dns.desired_records(herd(), [node("127.0.1.2", Role.REPLICA)])
+        desired = dns_records.desired_records(herd(), [node("127.0.1.2", Role.REPLICA)])
         assert desired["primary"] is None
         assert desired["refusal"] == (
             "orders has no recorded primary: run discovery or a health check first"
@@ -243,7 +245,7 @@ class TestDesiredRecords:
 
     def test_it_refuses_a_split_brain_naming_both_primaries(self):
         instances = [node("127.0.1.1", Role.PRIMARY), node("127.0.1.2", Role.PRIMARY)]
-        desired = dns.desired_records(herd(), instances)
+        desired = dns_records.desired_records(herd(), instances)
         assert desired["primary"] is None
         assert desired["refusal"] == (
             "orders is in split brain: 2 online primaries (127.0.1.1:5432, 127.0.1.2:5432); "
@@ -252,7 +254,9 @@ class TestDesiredRecords:
         assert desired["reason"].startswith("orders: vhost: refused (orders is in split brain")
 
     def test_it_refuses_a_fenced_primary(self):
-        desired = dns.desired_records(herd(), [node("127.0.1.1", Role.PRIMARY, fenced=True)])
+        desired = dns_records.desired_records(
+            herd(), [node("127.0.1.1", Role.PRIMARY, fenced=True)]
+        )
         assert desired["primary"] is None
         assert "is fenced" in desired["refusal"]
         assert "127.0.1.1:5432" in desired["refusal"]
@@ -262,12 +266,14 @@ class TestDesiredRecords:
             node("127.0.1.1", Role.PRIMARY, fenced=True),
             node("127.0.1.4", Role.PRIMARY),
         ]
-        desired = dns.desired_records(herd(), instances)
+        desired = dns_records.desired_records(herd(), instances)
         assert (desired["primary"], desired["refusal"]) == ("127.0.1.4", "")
 
     @pytest.mark.parametrize(("online", "word"), [(False, "offline"), (None, "not checked yet")])
     def test_it_refuses_a_primary_not_known_to_be_online(self, online, word):
-        desired = dns.desired_records(herd(), [node("127.0.1.1", Role.PRIMARY, online=online)])
+        desired = dns_records.desired_records(
+            herd(), [node("127.0.1.1", Role.PRIMARY, online=online)]
+        )
         assert desired["primary"] is None
         assert desired["refusal"] == (
             f"the primary of orders (127.0.1.1:5432) is {word}: check it (or fail over) before "
@@ -276,12 +282,12 @@ class TestDesiredRecords:
 
     def test_it_deletes_the_read_only_vhost_when_no_replica_is_online(self):
         instances = [node("127.0.1.1", Role.PRIMARY), node("127.0.1.2", Role.REPLICA, False)]
-        desired = dns.desired_records(herd(), instances)
+        desired = dns_records.desired_records(herd(), instances)
         assert desired["replicas"] == []
         assert desired["reason"].endswith("read-only vhost → no record (no online replica)")
 
     def test_it_says_when_the_herd_has_no_names(self):
-        desired = dns.desired_records(herd("", ""), [node("127.0.1.1", Role.PRIMARY)])
+        desired = dns_records.desired_records(herd("", ""), [node("127.0.1.1", Role.PRIMARY)])
         assert desired["reason"] == "orders: no vhost nor read-only vhost set"
 
     @pytest.mark.django_db
@@ -292,7 +298,7 @@ class TestDesiredRecords:
         make_instance(orders, primary, Role.PRIMARY, online=True)
         make_instance(orders, replica, Role.REPLICA, online=True)
         make_instance(make_herd(), role=Role.PRIMARY, online=True)  # another herd's
-        desired = dns.desired_records(orders)
+        desired = dns_records.desired_records(orders)
         assert (desired["primary"], desired["replicas"]) == (
             "db1.example.test",
             ["db2.example.test"],

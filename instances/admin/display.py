@@ -22,8 +22,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from instances.choices import ReplicationHealth
-from instances.health import replication_health, replication_q
+from instances.health_rules import replication_health, replication_q
 from instances.models import Instance, correlated_count
+from instances.wal import format_bytes
 
 # The palette of instances.admin (not imported: the admin will import this module).
 GREEN = "#2e7d32"
@@ -48,13 +49,14 @@ def _badge(text: str, colour: str, title: str = "") -> str:
     return format_html('<strong style="color: {}">{}</strong>', colour, text)
 
 
-def format_bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}"
-        size /= 1024
-    return f"{size:.0f} TB"
+def badge(text: str, colour: str) -> str:
+    return format_html('<strong style="color: {}">{}</strong>', colour, text)
+
+
+def online_badge(online: bool | None) -> str:
+    if online is None:
+        return badge("● unknown", GREY)
+    return badge("● online", GREEN) if online else badge("● offline", RED)
 
 
 def format_seconds(value: float) -> str:

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from instances import jobs
+from instances.jobs import queue as job_queue
 
 
 @dataclass
@@ -60,7 +60,7 @@ def confirm_and_queue(
     if confirmed:
         chosen = {**(params or {}), **(form.cleaned_data if form is not None else {})}
         with transaction.atomic():
-            created = jobs.create_jobs(
+            created = job_queue.create_jobs(
                 kind, targets, user=request.user, params=chosen, params_for=params_for
             )
         if created:

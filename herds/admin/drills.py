@@ -1,8 +1,8 @@
 """Switchover and failover admin actions: the plan for each herd, then one job per herd.
 
-The confirmation page plans from the inventory (what the last health check recorded); the
-job plans again from a live snapshot before it touches anything, and refuses if the herd's
-primary is no longer the one shown here.
+The confirmation page plans from the inventory alone (herds.snapshot: what the last health
+check recorded, no probe); the job plans again from a live snapshot before it touches
+anything, and refuses if the herd's primary is no longer the one shown here.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from django import forms
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from herds import drills
-from herds.models import DrillKind, Herd
-from instances.action_forms import ActionOptionsForm
-from instances.admin_actions import confirm_and_queue
-from instances.models import JobKind
+from herds import snapshot
+from herds.models import Herd
+from instances.admin.action_forms import ActionOptionsForm
+from instances.admin.actions import confirm_and_queue
+from instances.choices import JobKind
 
 
 class FailoverOptionsForm(ActionOptionsForm):
@@ -29,12 +29,7 @@ class FailoverOptionsForm(ActionOptionsForm):
 
 def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple[Herd, object]]:
     herds = list(queryset.select_related("environment"))
-    return [(herd, drills.plan_for(herd, kind, params, live=False)) for herd in herds]
-
-
-def _expected_primary(herd: Herd) -> dict:
-    primary = drills.recorded_primary(drills.herd_instances(herd))
-    return {"expected_primary_id": primary.pk if primary else None}
+    return [(herd, snapshot.from_inventory(herd, kind, params)) for herd in herds]
 
 
 def drill_action(kind: str, title: str, what_happens: str, form_class=None):
@@ -45,11 +40,11 @@ def drill_action(kind: str, title: str, what_happens: str, form_class=None):
             modeladmin,
             request,
             [herd for herd, _ in plans],
-            kind=JobKind.SWITCHOVER if kind == DrillKind.SWITCHOVER else JobKind.FAILOVER,
+            kind=kind,
             title=title,
             what_happens=what_happens,
             form_class=form_class,
-            params_for=_expected_primary,
+            params_for=snapshot.expected_primary,
             template="admin/herds/confirm_drill.html",
             extra_context={"plans": plans},
         )
@@ -58,7 +53,7 @@ def drill_action(kind: str, title: str, what_happens: str, form_class=None):
 
 
 switchover_action = drill_action(
-    DrillKind.SWITCHOVER,
+    JobKind.SWITCHOVER,
     "Planned switchover",
     "For each herd: stop its primary cleanly, wait until the chosen replica has replayed "
     "everything up to the primary's final checkpoint, promote it, move DNS, point the other "
@@ -67,7 +62,7 @@ switchover_action = drill_action(
 )
 
 failover_action = drill_action(
-    DrillKind.FAILOVER,
+    JobKind.FAILOVER,
     "DR failover",
     "For each herd whose primary is down or unreachable: promote the most up-to-date replica "
     "(ties: acknowledged DR candidate, then priority), after fencing the old primary, move "

@@ -1,15 +1,13 @@
-"""Herd DNS operations: re-point a herd's vhosts where the inventory says they belong.
-
-Registered on import (instances/operations.py imports this module so the worker knows it).
-"""
+"""Refresh DNS: re-point a herd's vhosts where the inventory says they belong."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from herds import dns
-from instances.jobs import JobContext, JobFailed, operation
-from instances.models import JobKind
+from herds import dns, dns_records
+from instances.choices import JobKind
+from instances.jobs.registry import JobFailed, operation
+from instances.jobs.runner import JobContext
 
 
 def _dns_server() -> str:
@@ -37,7 +35,7 @@ def refresh_dns(ctx: JobContext) -> str:
     herd = ctx.job.herd
     if herd is None:
         raise JobFailed("the herd of this job no longer exists: nothing to point DNS at")
-    desired = dns.desired_records(herd, herd.instances.select_related("server"))
+    desired = dns_records.desired_records(herd, herd.instances.select_related("server"))
     ctx.note("read the inventory", desired["reason"])
     if not herd.vhost and not herd.ro_vhost:
         return f"{herd.name} has neither a vhost nor a read-only vhost: nothing to do"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from instances import jobs, probe
+from instances import probe
 from instances.choices import Role
+from instances.jobs import queue, runner
 from instances.models import Instance, Job, JobKind, JobState
 from lab import herd as lab_herd
 from tests.factories import make_environment, make_herd, make_instance, make_server
@@ -23,7 +24,7 @@ def acts(lab_servers):
     lab_herd.create("acts", primary=1, replicas=[2], port=PORT)
     env = make_environment("prod")
     servers = [add_lab_server(s, env) for s in lab_servers[:3]]
-    jobs.run_inline(jobs.create_jobs(JobKind.DISCOVER, servers[:2], queue=False))
+    runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers[:2], queue=False))
     primary = Instance.objects.with_related().get(server=servers[0], port=PORT)
     replica = Instance.objects.with_related().get(server=servers[1], port=PORT)
     assert (primary.role, replica.role) == (Role.PRIMARY, Role.REPLICA)
@@ -32,7 +33,7 @@ def acts(lab_servers):
 
 
 def run(kind, instances, **params):
-    created = jobs.create_jobs(kind, instances, params=params)
+    created = queue.create_jobs(kind, instances, params=params)
     return [wait_for_job(job, timeout=120) for job in created]
 
 
@@ -190,7 +191,7 @@ def test_it_requires_the_two_primaries_tick_to_promote_beside_a_live_primary(adm
 def test_it_refreshes_a_batch_page_while_its_jobs_are_active(admin_client):
     env = make_environment("prod")
     server = make_server("127.0.1.251", environment=env)
-    [job] = jobs.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
     url = f"/admin/instances/job/?batch={job.batch}"
     assert 'http-equiv="refresh"' in admin_client.get(url).content.decode()
     Job.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)

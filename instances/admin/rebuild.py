@@ -13,40 +13,36 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from instances.action_forms import ActionOptionsForm
-from instances.admin_actions import confirm_and_queue
+from instances import inventory
+from instances.admin.action_forms import ActionOptionsForm
+from instances.admin.actions import confirm_and_queue
+from instances.choices import CopyMethod
 from instances.models import Instance, JobKind, Role, correlated_count
 
 TEMPLATE = "admin/elephaas/confirm_rebuild.html"
 
 METHOD_CHOICES = [
-    ("auto", "auto: pg_rewind when its data allows it (checked by the job), else pg_basebackup"),
-    ("pg_basebackup", "pg_basebackup: a full copy streamed from the upstream"),
-    ("rsync", "rsync: a full copy from the upstream's server inside pg_backup_start/stop"),
+    (
+        CopyMethod.AUTO,
+        "auto: pg_rewind when its data allows it (checked by the job), else pg_basebackup",
+    ),
+    (CopyMethod.PG_BASEBACKUP, "pg_basebackup: a full copy streamed from the upstream"),
+    (CopyMethod.RSYNC, "rsync: a full copy from the upstream's server inside pg_backup_start/stop"),
 ]
 
 
 def _targets(queryset: QuerySet[Instance]) -> list[Instance]:
-    """The selected instances with their upstream, downstream count and the herd's recorded
-    primary, in a fixed number of queries."""
+    """The selected instances with their downstream count and the upstream the job will
+    copy from (inventory.choose_upstream: the job's own choice), in a fixed number of
+    queries."""
     targets = list(
         queryset.select_related("herd", "server", "upstream__server", "upstream__herd").annotate(
             replicas_attached=correlated_count(Instance.objects.all(), "upstream")
         )
     )
-    primaries: dict[int, list[Instance]] = {}
-    for primary in (
-        Instance.objects.select_related("herd", "server")
-        .filter(herd_id__in={t.herd_id for t in targets}, role=Role.PRIMARY, fenced=False)
-        .order_by("pk")
-    ):
-        primaries.setdefault(primary.herd_id, []).append(primary)
+    members = inventory.instances_by_herd(t.herd_id for t in targets)
     for target in targets:
-        if target.upstream is not None and not target.upstream.fenced:
-            target.planned_upstream = target.upstream
-        else:
-            others = [p for p in primaries.get(target.herd_id, []) if p.pk != target.pk]
-            target.planned_upstream = others[0] if others else None
+        target.planned_upstream = inventory.choose_upstream(target, members.get(target.herd_id, []))
         target.is_risky = (target.role == Role.PRIMARY and not target.fenced) or bool(
             target.replicas_attached
         )
@@ -61,7 +57,9 @@ def _label(instance: Instance | None) -> str:
 
 
 class RebuildOptionsForm(ActionOptionsForm):
-    method = forms.ChoiceField(choices=METHOD_CHOICES, initial="auto", widget=forms.RadioSelect)
+    method = forms.ChoiceField(
+        choices=METHOD_CHOICES, initial=CopyMethod.AUTO, widget=forms.RadioSelect
+    )
     max_rate_kb = forms.IntegerField(
         required=False,
         min_value=32,

@@ -17,43 +17,22 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
-from instances import admin_jobs, admin_rebuild, health_display
-from instances.action_forms import PromoteOptionsForm, StopOptionsForm
-from instances.admin_actions import confirm_and_queue
-from instances.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
+from instances.admin import display, jobs, rebuild
+from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
+from instances.admin.actions import confirm_and_queue
+from instances.admin.display import GREY, RED, badge, online_badge
+from instances.admin.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
 from instances.models import Instance, JobKind, Role, Server, correlated_count
+from instances.wal import format_bytes
 
 # Colours of Django's admin palette, so badges look at home in both themes.
-GREEN = "#2e7d32"
-RED = "#ba2121"
-GREY = "#777"
 ROLE_COLOURS = {Role.PRIMARY: "#1565c0", Role.REPLICA: "#455a64", Role.UNKNOWN: GREY}
 
 # Beyond this many herds the herd filter stops listing them all (see HerdListFilter).
 HERD_FILTER_LIMIT = 50
-
-
-def badge(text: str, colour: str) -> str:
-    return format_html('<strong style="color: {}">{}</strong>', colour, text)
-
-
-def online_badge(online: bool | None) -> str:
-    if online is None:
-        return badge("● unknown", GREY)
-    return badge("● online", GREEN) if online else badge("● offline", RED)
-
-
-def format_bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def has_instances_perm(request: HttpRequest, codename: str) -> bool:
@@ -136,7 +115,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def recent_jobs(self, server: Server) -> str:
         if server.pk is None:
             return "—"
-        return admin_jobs.recent_jobs_html(server.jobs.all())
+        return jobs.recent_jobs_html(server.jobs.all())
 
     def has_discover_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("instances.discover_server")
@@ -292,7 +271,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         ("herd", HerdListFilter),
         "role",
         "online",
-        health_display.ReplicationListFilter,
+        display.ReplicationListFilter,
         "pg_version",
         "fenced",
         "needs_rebuild",
@@ -307,13 +286,13 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "restart_instances",
         "reload_instances",
         "promote_instances",
-        admin_rebuild.rebuild_action,
-        admin_rebuild.remaster_action,
-        admin_rebuild.init_action,
+        rebuild.rebuild_action,
+        rebuild.remaster_action,
+        rebuild.init_action,
     )
-    has_rebuild_permission = admin_rebuild.has_rebuild_permission
-    has_remaster_permission = admin_rebuild.has_remaster_permission
-    has_init_permission = admin_rebuild.has_init_permission
+    has_rebuild_permission = rebuild.has_rebuild_permission
+    has_remaster_permission = rebuild.has_remaster_permission
+    has_init_permission = rebuild.has_init_permission
     ordering = ("herd__name", "server__hostname", "port")
     autocomplete_fields = ("herd", "server", "upstream")
     # Observed state belongs to health polling and jobs; a DBA edits topology and flags.
@@ -333,7 +312,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def recent_jobs(self, instance: Instance) -> str:
         if instance.pk is None:
             return "—"
-        return admin_jobs.recent_jobs_html(instance.jobs.all())
+        return jobs.recent_jobs_html(instance.jobs.all())
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Instance]:
         # Also for the change page and autocomplete results, which print str(instance).
@@ -355,11 +334,11 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="replication")
     def replication(self, instance: Instance) -> str:
-        return health_display.replication_badge(instance)
+        return display.replication_badge(instance)
 
     @admin.display(description="changed", ordering="state_changed_at")
     def changed(self, instance: Instance) -> str:
-        return health_display.changed_recently(instance)
+        return display.changed_recently(instance)
 
     @admin.display(description="lag", ordering="lag_bytes")
     def lag(self, instance: Instance) -> str:

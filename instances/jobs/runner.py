@@ -1,9 +1,8 @@
-"""The job runner: create, enqueue, claim, lock, run, record, end.
+"""The job runner: claim, lock, run, record, end.
 
-The admin and management commands call `create_jobs` + `enqueue`; the Celery task calls
-`execute(job_id)`. Operations are plain functions registered per JobKind that receive a
-`JobContext` and do their work through it (SSH commands, probes), so every step is
-written to the job as it happens.
+The Celery task calls `execute(job_id)`. The operation registered for the job's kind
+(instances.jobs.registry) receives a `JobContext` and does its work through it (SSH
+commands, probes, notes), so every step is written to the job as it happens.
 """
 
 from __future__ import annotations
@@ -14,47 +13,26 @@ import socket
 import threading
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections, transaction
+from django.db import close_old_connections, connection, connections
 from django.db.models import F
 from django.utils import timezone
 
 from instances import ssh
 from instances.commands import quote_argv
-from instances.models import Instance, Job, JobKind, JobOrigin, JobState, JobStep, Server
+from instances.jobs.registry import JobCancelled, JobFailed, registered
+from instances.models import Job, JobState, JobStep
 
 log = logging.getLogger("elephaas.jobs")
 audit = logging.getLogger("elephaas.audit")
 
 OUTPUT_TAIL_CHARS = 4000
 LOCK_CLASS = {"server": 1, "herd": 2, "instance": 3}
-
-
-class JobFailed(Exception):
-    """An expected failure: the message is the job's one-line error."""
-
-
-class JobCancelled(Exception):
-    pass
-
-
-Operation = Callable[["JobContext"], str]
-OPERATIONS: dict[str, Operation] = {}
-
-
-def operation(kind: str) -> Callable[[Operation], Operation]:
-    def register(func: Operation) -> Operation:
-        OPERATIONS[kind] = func
-        return func
-
-    return register
-
 
 _slots_lock = threading.Lock()
 _slots: dict[str, threading.BoundedSemaphore] = {}
@@ -73,98 +51,6 @@ def server_slot(hostname: str) -> Iterator[None]:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --- creating and enqueuing ---------------------------------------------------------------
-
-
-def _target_fields(target) -> dict:
-    if isinstance(target, Instance):
-        return {"instance": target, "target_label": str(target)}
-    if isinstance(target, Server):
-        return {"server": target, "target_label": target.hostname}
-    from herds.models import Herd
-
-    if isinstance(target, Herd):
-        return {"herd": target, "target_label": str(target)}
-    raise TypeError(f"a job cannot target {type(target).__name__}")
-
-
-def create_jobs(
-    kind: str,
-    targets: Iterable,
-    *,
-    user=None,
-    params: dict | None = None,
-    params_for: Callable[[object], dict] | None = None,
-    origin: str = JobOrigin.ADMIN,
-    queue: bool = True,
-) -> list[Job]:
-    """One queued job per target, sharing a batch id; enqueued when the transaction commits
-    (`queue=False`: the caller runs them itself with run_inline). `params_for(target)` adds
-    per-target options (e.g. the primary the DBA saw on the confirmation page)."""
-    batch = uuid.uuid4()
-    name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
-    jobs = []
-    with transaction.atomic():
-        for target in targets:
-            job = Job.objects.create(
-                kind=kind,
-                batch=batch,
-                requested_by=user,
-                requested_by_name=name,
-                origin=origin,
-                params={**(params or {}), **(params_for(target) if params_for else {})},
-                task_id=str(uuid.uuid4()),
-                **_target_fields(target),
-            )
-            jobs.append(job)
-            audit.info("queued job #%s %s on %s for %s", job.pk, kind, job.target_label, name)
-            if queue:
-                enqueue(job)
-    return jobs
-
-
-def enqueue(job: Job) -> None:
-    from instances.tasks import run_job
-
-    job_id, task_id = job.pk, job.task_id
-    transaction.on_commit(lambda: run_job.apply_async(args=[job_id], task_id=task_id))
-
-
-def cancel(job: Job, user) -> str:
-    """Cancel a queued job outright; ask a running one to stop at its next check."""
-    name = user.get_username() if user else "system"
-    done = Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
-        state=JobState.CANCELLED,
-        finished_at=timezone.now(),
-        cancel_requested=True,
-        cancel_requested_by=name,
-        error=f"cancelled by {name} before it started",
-    )
-    if done:
-        audit.info("job #%s cancelled by %s before it started", job.pk, name)
-        return f"Job #{job.pk} cancelled before it started."
-    done = Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-        cancel_requested=True, cancel_requested_by=name
-    )
-    if done:
-        audit.info("cancel of running job #%s requested by %s", job.pk, name)
-        return f"Job #{job.pk} is running: it stops at its next step (its command is interrupted)."
-    return f"Job #{job.pk} has already ended ({Job.objects.get(pk=job.pk).state})."
-
-
-def retry(job: Job, user) -> Job:
-    if job.state not in (JobState.FAILED, JobState.CANCELLED):
-        raise JobFailed(f"job #{job.pk} is {job.state}: only failed or cancelled jobs are retried")
-    target = job.target
-    if target is None:
-        raise JobFailed(f"job #{job.pk}'s target no longer exists")
-    with transaction.atomic():
-        [new] = create_jobs(job.kind, [target], user=user, params=job.params, origin=job.origin)
-        Job.objects.filter(pk=new.pk).update(retry_of=job, batch=job.batch)
-    new.refresh_from_db()
-    return new
 
 
 # --- lost jobs ------------------------------------------------------------------------------
@@ -428,12 +314,11 @@ def execute(job_id: int, task_id: str = "") -> str:
     2. take the lock(s) on its target, waiting a bounded time;
     3. run its operation with a context that records each step; a watcher thread beats
        the heartbeat and relays cancel requests;
-    4. end it: succeeded with a summary, failed with a one-line reason (and the traceback
-       for unexpected errors), or cancelled.
+    4. end it: succeeded with a summary, failed with a one-line reason (an expected
+       refusal), errored (an unexpected exception: a bug; its traceback is kept), or
+       cancelled.
     """
     close_old_connections()
-    # Operations register themselves when imported; make sure they are, whoever calls.
-    from instances import operations  # noqa: F401
 
     if not claim(job_id, task_id):
         job = Job.objects.filter(pk=job_id).first()
@@ -452,9 +337,12 @@ def execute(job_id: int, task_id: str = "") -> str:
     lock = None
     state, summary, error, trace = JobState.FAILED, "", "", ""
     try:
-        func = OPERATIONS.get(job.kind)
+        func = registered(job.kind)
         if func is None:
-            raise JobFailed(f"no operation is registered for job kind {job.kind!r}")
+            raise JobFailed(
+                f"no operation is registered for job kind {job.kind!r}: is this worker's "
+                "ElepHaaS older than the web's?"
+            )
         lock = take_lock(job, cancel)
         summary = func(JobContext(job, cancel)) or ""
         state = JobState.SUCCEEDED
@@ -465,7 +353,11 @@ def execute(job_id: int, task_id: str = "") -> str:
     except JobFailed as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - the job must end visibly whatever happened
-        error = f"unexpected error: {type(exc).__name__}: {exc} (traceback kept on the job)"
+        state = JobState.ERRORED
+        error = (
+            f"a bug in ElepHaaS, not a refusal: {type(exc).__name__}: {exc}; the target may "
+            "be half-changed: check it; the traceback is kept on the job"
+        )
         trace = traceback.format_exc()
         log.exception("job #%s", job_id)
     finally:
@@ -499,6 +391,3 @@ def run_inline(jobs: Sequence[Job]) -> list[Job]:
     for job in jobs:
         execute(job.pk, task_id=job.task_id)
     return [Job.objects.get(pk=job.pk) for job in jobs]
-
-
-__all__ = ["JobContext", "JobFailed", "JobKind", "create_jobs", "execute", "operation"]

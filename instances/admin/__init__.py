@@ -1,0 +1,6 @@
+"""The admin of servers, instances and jobs: validates, confirms and queues; no I/O.
+
+Importing the package registers its ModelAdmins (Django's admin autodiscovery imports it).
+"""
+
+from instances.admin import inventory, jobs  # noqa: F401

@@ -1,0 +1,409 @@
+"""Shared replication steps: each mechanism written once, used by every operation.
+
+Switchover, failover, rebuild, remaster, init and the instance actions all stop, start,
+read a control file, rewind, write a standby configuration and wait through these
+functions. Each records itself as job steps (JobContext), builds its command lines with
+instances.commands and its connection strings with instances.conninfo, and raises
+JobFailed with a one-line reason; the callers add what their failure leaves behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.conf import settings
+from django.utils import timezone
+
+from instances import commands, conninfo, probe
+from instances.choices import ClusterState, Role
+from instances.controldata import ControlData, ParseError, parse_controldata
+from instances.jobs.registry import JobFailed
+from instances.jobs.runner import JobContext
+from instances.models import Instance
+from instances.wal import int_to_lsn, lsn_to_int
+
+T = TypeVar("T")
+
+# pg_ctl / pg_ctlcluster status: 0 running, 3 not running, 4 no cluster in the directory.
+STATUS_RUNNING, STATUS_STOPPED, STATUS_NO_CLUSTER = 0, 3, 4
+
+
+# --- commands and facts -------------------------------------------------------------------
+
+
+def bindir(instance: Instance) -> str:
+    return settings.PG_BINDIR.replace("{version}", str(instance.effective_pg_version))
+
+
+def command_for(action: str, instance: Instance, **extra: object) -> list[str]:
+    """The argv of an instance action (start, stop, status…) from the COMMANDS presets."""
+    templates = commands.command_templates(settings.COMMANDS_PRESET, settings.COMMANDS)
+    if action not in templates:
+        raise JobFailed(f"no command template for {action!r} in the COMMANDS setting")
+    values = {
+        "version": instance.effective_pg_version,
+        "cluster": instance.effective_cluster_name,
+        "data_dir": instance.effective_data_dir,
+        "port": instance.port,
+        "bindir": bindir(instance),
+        "timeout": int(settings.ACTION_WAIT),
+        "mode": "fast",
+        **extra,
+    }
+    try:
+        return commands.build(templates[action], values)
+    except commands.CommandTemplateError as exc:
+        raise JobFailed(f"COMMANDS setting: {exc}") from None
+
+
+def start_conf(instance: Instance) -> str | None:
+    """Debian's start.conf of the cluster (auto / manual / disabled), or None where the
+    pg_ctl preset manages the instance and there is none."""
+    if settings.COMMANDS_PRESET != "debian" or not instance.herd.cluster_name:
+        return None
+    return (
+        f"/etc/postgresql/{instance.effective_pg_version}/"
+        f"{instance.effective_cluster_name}/start.conf"
+    )
+
+
+def conninfo_for(upstream: Instance, replica: Instance, template: str = "") -> str:
+    """primary_conninfo for `replica` streaming from `upstream` (no password: .pgpass)."""
+    return conninfo.primary_conninfo(
+        host=upstream.server.hostname,
+        port=upstream.port,
+        user=settings.REPLICATION_USER,
+        application=conninfo.application_name(replica.herd.name, replica.server.hostname),
+        template=template,
+    )
+
+
+def try_probe(instance: Instance) -> tuple[probe.ProbeResult | None, str]:
+    try:
+        return probe.probe(instance.server.hostname, instance.port), ""
+    except probe.ProbeError as exc:
+        return None, str(exc)
+
+
+def record(instance: Instance, result: probe.ProbeResult | None, error: str = "") -> None:
+    """Write what was just checked on the instance row; nothing else."""
+    now = timezone.now()
+    online = result is not None
+    role = instance.role
+    if result is not None:
+        role = Role.REPLICA if result.in_recovery else Role.PRIMARY
+    fields = {"online": online, "last_checked": now, "last_error": error[:500]}
+    if online != instance.online or role != instance.role:
+        fields["state_changed_at"] = now
+    fields["role"] = role
+    if result is not None:
+        fields.update(
+            last_lsn=result.lsn,
+            receive_lsn=result.receive_lsn or "",
+            replay_lsn=result.replay_lsn or "",
+        )
+        if role == Role.PRIMARY:
+            fields.update(
+                upstream=None,
+                streams_from="",
+                lag_bytes=None,
+                lag_seconds=None,
+                upstream_streaming=None,
+            )
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    Instance.objects.filter(pk=instance.pk).update(**fields)
+
+
+# --- waiting --------------------------------------------------------------------------------
+
+
+def wait_until(
+    ctx: JobContext,
+    instance: Instance,
+    name: str,
+    check: Callable[[], tuple[T | None, str]],
+    *,
+    interval: float = 0.2,
+    timeout: float | None = None,
+    failure: Callable[[str], str],
+) -> T:
+    """The one wait loop: call `check` until it returns a value, as one recorded step.
+
+    `check` returns (value, detail): a value ends the wait and becomes the step's output
+    (with the time it took); None goes on. After `timeout` (ACTION_WAIT) seconds the job
+    fails with `failure(last detail)`. A cancel is honoured between two checks.
+    """
+    limit = settings.ACTION_WAIT if timeout is None else timeout
+    started = time.monotonic()
+    with ctx.step(name, instance.address) as step:
+        while True:
+            ctx.check_cancel()
+            value, detail = check()
+            if value is not None:
+                step.output = f"{detail} after {time.monotonic() - started:.2f} s".lstrip()
+                return value
+            if time.monotonic() - started > limit:
+                raise JobFailed(failure(detail))
+            time.sleep(interval)
+
+
+def wait_for(
+    ctx: JobContext,
+    instance: Instance,
+    what: str,
+    done: Callable[[probe.ProbeResult | None, str], bool],
+) -> probe.ProbeResult | None:
+    """Probe until done(result, error); returns the last result (None: it stopped)."""
+
+    def check():
+        result, error = try_probe(instance)
+        if not done(result, error):
+            return None, error or "answering"
+        if result is None:
+            return (False,), what
+        return (result,), f"{what}; in recovery: {result.in_recovery}, LSN {result.lsn}"
+
+    found = wait_until(
+        ctx,
+        instance,
+        f"wait until {what}",
+        check,
+        failure=lambda detail: (
+            f"{instance.label}: not {what} after {settings.ACTION_WAIT:.0f} s "
+            f"(last check: {detail}); see the server log"
+        ),
+    )
+    return found[0] or None
+
+
+def wait_writable(ctx: JobContext, instance: Instance) -> str:
+    """Until a write transaction commits on it; returns its WAL position then."""
+
+    def check():
+        try:
+            lsn = probe.check_writable(instance.server.hostname, instance.port)
+        except probe.ProbeError as exc:
+            return None, str(exc)
+        return lsn, f"wrote a transaction; WAL at {lsn}"
+
+    return wait_until(
+        ctx,
+        instance,
+        "check it accepts writes",
+        check,
+        interval=0.05,
+        failure=lambda detail: f"{instance.label} was promoted but does not accept writes: "
+        f"{detail}",
+    )
+
+
+def wait_streaming(ctx: JobContext, replica: Instance, upstream: Instance) -> None:
+    """Until its WAL receiver streams from `upstream`'s address."""
+
+    def check():
+        try:
+            receiver = probe.wal_receiver(replica.server.hostname, replica.port)
+        except probe.ProbeError:
+            receiver = None
+        if receiver and receiver[:3] == ("streaming", upstream.server.hostname, upstream.port):
+            return True, "streaming"
+        return None, f"receiver: {receiver}"
+
+    wait_until(
+        ctx,
+        replica,
+        f"wait until {replica.label} streams from {upstream.label}",
+        check,
+        interval=0.1,
+        failure=lambda detail: (
+            f"{replica.label} is not streaming from {upstream.label} after "
+            f"{settings.ACTION_WAIT:.0f} s ({detail}); check its log"
+        ),
+    )
+
+
+def wait_replayed(ctx: JobContext, instance: Instance, lsn: int) -> None:
+    """Until it has replayed past `lsn` (a switchover: the old primary's final checkpoint)."""
+
+    def check():
+        result, error = try_probe(instance)
+        replayed = lsn_to_int(result.replay_lsn) if result else None
+        if replayed is not None and replayed > lsn:
+            return True, f"replayed {result.replay_lsn}"
+        return None, (result.replay_lsn if result else None) or error or "no answer"
+
+    wait_until(
+        ctx,
+        instance,
+        f"wait until {instance.label} replayed {int_to_lsn(lsn)}",
+        check,
+        interval=0.02,
+        failure=lambda detail: (
+            f"{instance.label} did not replay the old primary's final checkpoint "
+            f"{int_to_lsn(lsn)} within {settings.ACTION_WAIT:.0f} s (at {detail})"
+        ),
+    )
+
+
+# --- status, stop, start ------------------------------------------------------------------
+
+
+def cluster_state(ctx: JobContext, instance: Instance) -> ClusterState:
+    """Ask the server's status command, not the network: a probe can fail while it runs."""
+    status = ctx.ssh(instance.server, command_for("status", instance), "check status", check=False)
+    if status.exit_status == STATUS_RUNNING:
+        return ClusterState.RUNNING
+    if status.exit_status == STATUS_STOPPED:
+        return ClusterState.STOPPED
+    if status.exit_status == STATUS_NO_CLUSTER:
+        return ClusterState.EMPTY
+    exists = ctx.ssh(
+        instance.server,
+        ["test", "-d", instance.effective_data_dir],
+        "does the data directory exist?",
+        check=False,
+    )
+    if exists.exit_status == 1:
+        return ClusterState.EMPTY
+    detail = (status.stderr or status.stdout).strip().splitlines()
+    raise JobFailed(
+        f"{instance.label}: status check failed (exit {status.exit_status}: "
+        f"{detail[-1] if detail else 'no output'}); is the cluster configured on this server?"
+    )
+
+
+def ensure_stopped(ctx: JobContext, instance: Instance, why: str) -> ClusterState:
+    """Stop it (fast) unless it is stopped already; checked with the status command."""
+    state = cluster_state(ctx, instance)
+    if state == ClusterState.RUNNING:
+        try:
+            ctx.ssh(
+                instance.server,
+                command_for("stop", instance, mode="fast"),
+                f"stop it (fast) {why}",
+            )
+        except JobFailed as exc:
+            raise JobFailed(
+                f"could not stop {instance.label} ({exc}); nothing was changed: stop it by "
+                "hand, then retry"
+            ) from None
+        state = cluster_state(ctx, instance)
+        if state == ClusterState.RUNNING:
+            raise JobFailed(
+                f"{instance.label}: still running after the stop command; nothing was "
+                "changed: stop it by hand, then retry"
+            )
+    return state
+
+
+def start(ctx: JobContext, instance: Instance, name: str = "start") -> None:
+    ctx.ssh(instance.server, command_for("start", instance), name)
+
+
+# --- the control file ---------------------------------------------------------------------
+
+
+def read_controldata(ctx: JobContext, instance: Instance) -> tuple[ControlData | None, str]:
+    """pg_controldata of its data directory; (None, why) when it cannot be read."""
+    result = ctx.ssh(
+        instance.server,
+        commands.pg_controldata(bindir(instance), instance.effective_data_dir),
+        "read its control file (pg_controldata)",
+        check=False,
+    )
+    if result.exit_status != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return None, lines[-1] if lines else f"exit status {result.exit_status}"
+    try:
+        return parse_controldata(result.stdout), ""
+    except ParseError as exc:
+        return None, str(exc)
+
+
+def stop_and_read_checkpoint(ctx: JobContext, primary: Instance) -> int:
+    """1. stop the primary (fast: a shutdown checkpoint, all WAL sent to the replicas);
+    2. read that final checkpoint from its control file; refuse if it did not shut down
+    cleanly. Returns the checkpoint's LSN."""
+    ctx.ssh(
+        primary.server,
+        command_for("stop", primary, mode="fast"),
+        "stop the primary (fast: shutdown checkpoint, WAL sent to replicas)",
+    )
+    Instance.objects.filter(pk=primary.pk).update(online=False, state_changed_at=timezone.now())
+    control, error = read_controldata(ctx, primary)
+    if control is None:
+        raise JobFailed(f"{primary.label}: cannot read its control file ({error})")
+    if not control.shut_down_cleanly:
+        raise JobFailed(
+            f"{primary.label} did not shut down cleanly (cluster state: {control.state})"
+        )
+    if control.checkpoint_lsn is None:
+        raise JobFailed(f"{primary.label}: no checkpoint location in pg_controldata")
+    return control.checkpoint_lsn
+
+
+# --- rewind and standby configuration -----------------------------------------------------
+
+
+def checkpoint_rewind_source(ctx: JobContext, source: Instance, target: Instance) -> None:
+    """CHECKPOINT the source of a pg_rewind first. Raises JobFailed."""
+    # pg_rewind reads the source's timeline from its control file, which a promoted server
+    # updates only at its first checkpoint: without one it would see the old timeline and
+    # rewind to the wrong common ancestor.
+    with ctx.step(
+        f"checkpoint {source.label} (its control file then shows its timeline for pg_rewind)",
+        source.address,
+    ):
+        try:
+            probe.checkpoint(source.server.hostname, source.port)
+        except probe.ProbeError as exc:
+            raise JobFailed(
+                f"{source.label}: CHECKPOINT failed ({exc}); {target.label} is stopped, its "
+                "data untouched"
+            ) from None
+
+
+def rewind(ctx: JobContext, target: Instance, source: Instance, *, timeout: float) -> None:
+    """pg_rewind `target` (stopped) onto `source` (running, checkpointed by
+    checkpoint_rewind_source). Raises JobFailed."""
+    source_conninfo = conninfo.source_conninfo(
+        host=source.server.hostname,
+        port=source.port,
+        user=settings.PG_PROBE_USER,
+        dbname=settings.PG_PROBE_DATABASE,
+    )
+    ctx.ssh(
+        target.server,
+        commands.pg_rewind(bindir(target), target.effective_data_dir, source_conninfo),
+        f"pg_rewind onto {source.label}",
+        timeout=timeout,
+    )
+
+
+def write_standby_config(
+    ctx: JobContext, instance: Instance, upstream: Instance, template: str = ""
+) -> str:
+    """standby.signal and primary_conninfo in postgresql.auto.conf (it is stopped)."""
+    value = conninfo_for(upstream, instance, template)
+    ctx.ssh(
+        instance.server,
+        commands.write_standby_config(
+            instance.effective_data_dir, conninfo.config_line("primary_conninfo", value)
+        ),
+        f"configure as a standby of {upstream.label}",
+    )
+    return value
+
+
+def set_upstream(ctx: JobContext, replica: Instance, upstream: Instance) -> str:
+    """A running replica: ALTER SYSTEM SET primary_conninfo (keeping its other options) and
+    a reload; the WAL receiver restarts towards the new upstream. Raises ProbeError."""
+    with ctx.step(f"point {replica.label} at {upstream.label}", replica.address) as step:
+        current = probe.probe(replica.server.hostname, replica.port)
+        value = conninfo_for(upstream, replica, current.primary_conninfo)
+        probe.set_primary_conninfo(replica.server.hostname, replica.port, value)
+        step.output = f"primary_conninfo = {value}"
+    return value

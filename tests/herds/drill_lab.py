@@ -1,0 +1,112 @@
+"""The `drill` herd of the switchover and failover lab tests, and what they do to it."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from herds.models import Herd
+from instances.jobs import queue, runner
+from instances.models import Instance, JobKind
+from lab import fleet
+from lab import herd as lab_herd
+from tests.factories import make_environment
+from tests.helpers import add_lab_server, wait_for_job
+
+PORT = 5520
+
+
+def connect(host: str, lab):
+    return psycopg2.connect(
+        host=host,
+        port=PORT,
+        dbname="postgres",
+        user="elephaas",
+        password=lab.secret("pg_password"),
+        connect_timeout=3,
+    )
+
+
+@pytest.fixture
+def drill(lab, lab_servers):
+    """Herd `drill`: primary srv1, replicas srv2 and srv3, with a vhost; in the inventory."""
+    lab_herd.create("drill", primary=1, replicas=[2, 3], port=PORT)
+    env = make_environment("prod")
+    servers = [add_lab_server(s, env) for s in lab_servers[:3]]
+    runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers, queue=False))
+    herd = Herd.objects.get(name="drill")
+    herd.vhost = f"drill-{secrets.token_hex(3)}"
+    herd.save()
+    yield herd
+    # A test may have crashed srv1: bring it back as after a reboot.
+    fleet.ensure_server(1)
+    fleet.boot_clusters(1)
+    lab_herd.drop("drill")
+
+
+def instances(herd):
+    return {i.server.hostname: i for i in Instance.objects.with_related().filter(herd=herd)}
+
+
+def run(kind, herd, **params):
+    [job] = queue.create_jobs(kind, [herd], params=params)
+    return wait_for_job(job, timeout=180)
+
+
+class Writer(threading.Thread):
+    """A client committing one row at a time until its server goes away."""
+
+    def __init__(self, host, lab):
+        super().__init__(daemon=True)
+        self.conn = connect(host, lab)
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS drill_rows (v bigint PRIMARY KEY)")
+        self.acked: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + 120
+        value = 0
+        try:
+            with self.conn.cursor() as cur:
+                while not self.stop.is_set() and time.monotonic() < deadline:
+                    value += 1
+                    cur.execute("INSERT INTO drill_rows VALUES (%s)", [value])
+                    self.acked.append(value)  # only after the server acknowledged the commit
+        except psycopg2.Error:
+            pass
+
+
+def stop(number: int, mode: str = "fast") -> None:
+    fleet.server_ns(number).run(["pg_ctlcluster", "--mode", mode, "15", "drill", "stop"])
+
+
+def start(number: int) -> None:
+    fleet.server_ns(number).run(["pg_ctlcluster", "15", "drill", "start"])
+
+
+def write(lab, rows: int, payload: int = 100) -> str:
+    conn = connect("127.0.1.1", lab)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS filler (v text)")
+        cur.execute(
+            "INSERT INTO filler SELECT repeat('x', %s) FROM generate_series(1, %s)", [payload, rows]
+        )
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        lsn = cur.fetchone()[0]
+    conn.close()
+    return lsn
+
+
+def rediscover(hostname: str) -> None:
+    from instances.models import Server
+
+    runner.run_inline(
+        queue.create_jobs(JobKind.DISCOVER, [Server.objects.get(hostname=hostname)], queue=False)
+    )

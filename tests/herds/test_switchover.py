@@ -1,0 +1,115 @@
+"""The planned switchover on the lab, through the real worker, BIND and a writing client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from herds.models import Drill
+from instances import probe
+from instances.choices import Role
+from instances.jobs import queue
+from instances.models import JobKind, JobState
+from tests.helpers import wait_for_job
+from tests.herds.drill_lab import (
+    PORT,
+    Writer,
+    connect,
+    instances,
+    run,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
+
+
+def test_it_switches_over_losing_no_commit_then_fails_back(celery_worker, lab, drill):
+    from herds import dns
+
+    before = instances(drill)
+    writer = Writer("127.0.1.1", lab)
+    writer.start()
+    time.sleep(1)
+    job = run(JobKind.SWITCHOVER, drill, expected_primary_id=before["127.0.1.1"].pk)
+    writer.stop.set()
+    writer.join(timeout=10)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert len(writer.acked) > 50
+    record = Drill.objects.get(job=job)
+    new_host = record.new_primary.split(" on ")[1].split(":")[0]
+    assert new_host in ("127.0.1.2", "127.0.1.3")
+    assert record.data_lost_bytes == 0 and record.writable_at and record.dns_ok
+    assert record.rto_seconds < 30
+    # Every acknowledged commit is on the new primary.
+    conn = connect(new_host, lab)
+    with conn.cursor() as cur:
+        cur.execute("SELECT v FROM drill_rows")
+        present = {row[0] for row in cur.fetchall()}
+    conn.close()
+    assert set(writer.acked) <= present
+    # DNS answers the new primary; the old primary streams from it as a replica.
+    assert dns.lookup(drill.vhost) == [new_host]
+    assert probe.wal_receiver("127.0.1.1", PORT)[:2] == ("streaming", new_host)
+    after = instances(drill)
+    assert after[new_host].role == Role.PRIMARY and after[new_host].upstream is None
+    assert after["127.0.1.1"].role == Role.REPLICA
+    assert after["127.0.1.1"].upstream == after[new_host]
+    other = ({"127.0.1.2", "127.0.1.3"} - {new_host}).pop()
+    assert probe.wal_receiver(other, PORT)[:2] == ("streaming", new_host)
+    assert job.summary.startswith(f"drill switched over to drill on {new_host}:{PORT}")
+
+    # Failback: a planned switchover back to the original primary restores the layout.
+    back = run(
+        JobKind.SWITCHOVER,
+        drill,
+        expected_primary_id=after[new_host].pk,
+        target_id=after["127.0.1.1"].pk,
+    )
+    assert back.state == JobState.SUCCEEDED, back.error
+    assert probe.probe("127.0.1.1", PORT).in_recovery is False
+    for host in ("127.0.1.2", "127.0.1.3"):
+        assert probe.wal_receiver(host, PORT)[:2] == ("streaming", "127.0.1.1")
+    assert dns.lookup(drill.vhost) == ["127.0.1.1"]
+
+
+def test_it_runs_exactly_one_of_two_concurrent_switchovers(celery_worker, drill):
+    primary = instances(drill)["127.0.1.1"]
+    created = queue.create_jobs(
+        JobKind.SWITCHOVER, [drill, drill], params={"expected_primary_id": primary.pk}
+    )
+    done = [wait_for_job(job, timeout=180) for job in created]
+    states = sorted(job.state for job in done)
+    assert states == [JobState.FAILED, JobState.SUCCEEDED]
+    failed = next(job for job in done if job.state == JobState.FAILED)
+    assert "is busy" in failed.error or "changed since the confirmation" in failed.error
+    assert Drill.objects.filter(job__in=done).count() == 1
+
+
+def test_it_restarts_the_old_primary_when_a_switchover_is_cancelled_before_promotion(
+    celery_worker, lab, drill
+):
+    from instances.models import JobStep
+
+    for host in ("127.0.1.2", "127.0.1.3"):  # the replicas stop replaying: no one catches up
+        conn = connect(host, lab)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_wal_replay_pause()")
+        conn.close()
+    [job] = queue.create_jobs(JobKind.SWITCHOVER, [drill])
+    deadline = time.monotonic() + 60
+    while not JobStep.objects.filter(job=job, name__startswith="wait until").exists():
+        assert time.monotonic() < deadline, "the switchover never reached its wait"
+        time.sleep(0.05)
+    queue.cancel(job, None)
+    job = wait_for_job(job, timeout=120)
+    assert job.state == JobState.FAILED
+    assert job.error == (
+        "switchover of drill aborted before promotion (cancelled by a user); the old primary "
+        f"drill on 127.0.1.1:{PORT} was restarted, nothing promoted"
+    )
+    assert probe.probe("127.0.1.1", PORT).in_recovery is False
+    for host in ("127.0.1.2", "127.0.1.3"):
+        assert probe.probe(host, PORT).in_recovery is True
+    assert instances(drill)["127.0.1.1"].role == Role.PRIMARY
+    assert "old primary restarted" in Drill.objects.get(job=job).outcome
