@@ -103,6 +103,12 @@ class Command:
         # Validate argv now so that a bad command fails where it is built, not at run time.
         self.line()
 
+    def words(self) -> list[str]:
+        """argv, behind `env NAME=value ...` when it sets environment variables."""
+        if not self.env:
+            return list(self.argv)
+        return ["env", *(f"{name}={value}" for name, value in self.env.items()), *self.argv]
+
     def line(self) -> str:
         """The quoted command line: `NAME='value' ... prog 'arg' ...`."""
         prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in self.env.items())
@@ -409,6 +415,129 @@ for pid in "$@"; do
   printf '%s\t%s\t%s\t%s\n' "$pid" "$dir" "$(cat "$dir/PG_VERSION")" "${port:-5432}"
 done
 """
+
+
+# Every command the SSH runner starts runs under this wrapper, so that it ends with its
+# channel: the command gets a session (and process group) of its own (setsid), its stdin
+# from the first $1 bytes the runner sends ("-": none); the wrapper's own stdin stays the
+# channel's. When that reaches EOF before the command has ended (the runner cancelled it,
+# the worker died, the connection dropped), the command's whole group gets SIGTERM, then
+# SIGKILL 5 s later. $0 names the owner (`elephaas-job-12`), so that a lost job's
+# leftovers can be found by it (instances.commands.end_owned). A daemon the command
+# starts (pg_ctl start's postmaster) makes a session of its own and is not touched.
+_OWNED = r"""
+n=$1; shift
+in=/dev/null
+if [ "$n" != - ]; then
+  in=$(mktemp "${TMPDIR:-/tmp}/elephaas-stdin.XXXXXX") || exit 125
+  head -c "$n" > "$in"
+fi
+exec 3<&0
+setsid -w "$@" < "$in" 3<&- &
+cmd=$!
+(
+  while IFS= read -r _; do :; done <&3
+  i=0
+  until kill -s TERM -- -"$cmd" 2>/dev/null; do
+    kill -0 "$cmd" 2>/dev/null || exit 0
+    i=$((i + 1))
+    if [ "$i" -ge 25 ]; then kill -s TERM "$cmd"; exit 0; fi
+    sleep 0.2
+  done
+  sleep 5
+  kill -s KILL -- -"$cmd" 2>/dev/null
+) > /dev/null 2>&1 &
+watch=$!
+exec 3<&-
+wait "$cmd"
+rc=$?
+kill -s KILL "$watch" 2>/dev/null
+[ "$in" = /dev/null ] || rm -f "$in"
+exit "$rc"
+"""
+# A lost job's leftovers: every wrapper whose $0 is the owner, and the session of each of
+# its children (the command and what it started), SIGTERM then SIGKILL. Prints what it
+# found, one line each: `pid args`.
+_END_OWNED = r"""
+owner="$1"
+pids=$(pgrep -f "^sh -c .* $owner (-|[0-9]+) " 2>/dev/null) || pids=""
+[ -n "$pids" ] || { echo "nothing of $owner runs here"; exit 0; }
+sessions=""
+for w in $pids; do
+  echo "$w: the wrapper of $owner"
+  for c in $(pgrep -P "$w" 2>/dev/null); do
+    if [ "$(ps -o sid= -p "$c" | tr -d ' ')" = "$c" ]; then
+      ps -ww -o pid=,args= -p "$c" 2>/dev/null | cut -c1-300
+      sessions="$sessions $c"
+      pkill -TERM -s "$c" 2>/dev/null
+    else
+      kill -TERM "$c" 2>/dev/null
+    fi
+  done
+  kill -TERM "$w" 2>/dev/null
+done
+sleep 2
+for c in $sessions; do pkill -KILL -s "$c" 2>/dev/null; done
+for w in $pids; do kill -KILL "$w" 2>/dev/null; done
+echo "ended"
+exit 0
+"""
+_OWNER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+
+
+def owner_marker(owner: str) -> str:
+    """The wrapper's $0 for an owner such as `job-12`: `elephaas-job-12`."""
+    if not _OWNER.match(owner):
+        raise ValueError(f"not an owner name (lower-case letters, digits, -): {owner!r}")
+    return f"elephaas-{owner}"
+
+
+def owned(owner: str, argv: Sequence[str], input_length: int | None = None) -> list[str]:
+    """`argv` run under the wrapper that ends it with its SSH channel (see _OWNED)."""
+    count = "-" if input_length is None else str(int(input_length))
+    wrapped = ["sh", "-c", _OWNED, owner_marker(owner), count, *argv]
+    quote_argv(wrapped)
+    return wrapped
+
+
+def end_owned(owner: str) -> list[str]:
+    """End what a lost owner left running on a server (see _END_OWNED)."""
+    return _sh(_END_OWNED, owner_marker(owner))
+
+
+# A data directory being replaced: a marker beside it (pg_basebackup needs the directory
+# itself empty) saying which job, and Debian's start.conf held at manual so that a boot
+# does not start a half-copied cluster. A retry keeps the first record.
+_MARK_INCOMPLETE = r"""
+marker="$1"; job="$2"; start_conf="$3"
+if [ ! -f "$marker" ]; then
+  held=no
+  if [ -n "$start_conf" ] && [ -f "$start_conf" ] && grep -qx auto "$start_conf"; then
+    echo manual > "$start_conf"; held=yes
+  fi
+  printf 'rebuild incomplete: job %s\nstart.conf held: %s\n' "$job" "$held" > "$marker"
+else
+  printf 'retried by job %s\n' "$job" >> "$marker"
+fi
+cat "$marker"
+"""
+_CLEAR_INCOMPLETE = r"""
+marker="$1"; start_conf="$2"
+if [ -f "$marker" ] && grep -qx 'start.conf held: yes' "$marker" && [ -n "$start_conf" ] \
+   && [ -f "$start_conf" ] && grep -qx manual "$start_conf"; then
+  echo auto > "$start_conf"; echo "start.conf: manual -> auto"
+fi
+rm -f "$marker"
+echo "marker removed"
+"""
+
+
+def mark_incomplete(marker: str, job: int, start_conf: str | None) -> list[str]:
+    return _sh(_MARK_INCOMPLETE, marker, str(int(job)), start_conf or "")
+
+
+def clear_incomplete(marker: str, start_conf: str | None) -> list[str]:
+    return _sh(_CLEAR_INCOMPLETE, marker, start_conf or "")
 
 
 def _sh(script: str, *values: str) -> list[str]:

@@ -17,7 +17,9 @@ from instances.models import Instance
 from instances.steps import cluster_state, command_for, record, try_probe, wait_for, wait_until
 
 
-def refuse_if_fenced(instance: Instance, action: str) -> None:
+def refuse_if_unsafe(instance: Instance, action: str) -> None:
+    if instance.rebuild_job is not None:
+        raise JobFailed(f"refusing to {action} it: {instance.unfinished_rebuild}")
     if instance.fenced:
         raise JobFailed(
             f"{instance.label} is fenced (an old primary after a failover): refusing to "
@@ -43,7 +45,7 @@ def _role_word(result: probe.ProbeResult) -> str:
 @operation(JobKind.START)
 def start(ctx: JobContext) -> str:
     instance = ctx.job.instance
-    refuse_if_fenced(instance, "start")
+    refuse_if_unsafe(instance, "start")
     result, _error = try_probe(instance)
     if result is not None:
         record(instance, result)
@@ -87,7 +89,7 @@ def stop(ctx: JobContext) -> str:
 @operation(JobKind.RESTART)
 def restart(ctx: JobContext) -> str:
     instance = ctx.job.instance
-    refuse_if_fenced(instance, "restart")
+    refuse_if_unsafe(instance, "restart")
     mode = ctx.job.params.get("mode", "fast")
     if mode not in commands.STOP_MODES:
         raise JobFailed(f"stop mode {mode!r} is not one of {', '.join(commands.STOP_MODES)}")
@@ -138,7 +140,7 @@ def promote(ctx: JobContext) -> str:
        recorded as primary is really down (asked live, not from the inventory);
     3. promote; 4. wait until it leaves recovery; 5. record it as primary, no upstream."""
     instance = ctx.job.instance
-    refuse_if_fenced(instance, "promote")
+    refuse_if_unsafe(instance, "promote")
     result, error = try_probe(instance)
     if result is None:
         record(instance, None, error)

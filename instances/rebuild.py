@@ -190,6 +190,11 @@ def run_copy(
                 f"cancelled at {monitor.percent}%: the data directory is incomplete; the "
                 "instance is stopped; rebuild it again"
             )
+            ctx.leaves = (
+                f"the copy stopped at {monitor.percent}%: the data directory of "
+                f"{instance.label} is incomplete and marked so, the instance is stopped; "
+                "rebuild it again"
+            )
             raise
         except JobFailed as exc:
             monitor.stop()
@@ -374,6 +379,12 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
     steps.start(ctx, instance, "start as a replica")
     ctx.progress(90)
     steps.wait_streaming(ctx, instance, upstream)
+    ctx.ssh(
+        instance.server,
+        commands.clear_incomplete(marker_path(instance), steps.start_conf(instance)),
+        "it streams: remove the marker (and let it start at boot again)",
+    )
+    ctx.leaves = ""
     result, error = steps.try_probe(instance)
     if result is None:
         raise JobFailed(f"{instance.label} streamed, then stopped answering ({error})")
@@ -384,6 +395,7 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
         streams_from=upstream.address,
         needs_rebuild=False,
         fenced=False,
+        rebuild_job=None,
         online=True,
         upstream_streaming=True,
         last_checked=now,
@@ -396,6 +408,28 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
         lag_seconds=result.lag_seconds,
     )
     return result
+
+
+def marker_path(instance: Instance) -> str:
+    return f"{check_data_dir(instance)}.elephaas-incomplete"
+
+
+def mark_incomplete(ctx: JobContext, instance: Instance) -> None:
+    """Before the data directory is touched: the marker beside it, start.conf held at
+    manual (Debian), and the row flagged, so that nothing starts, promotes or rewinds a
+    half-copied cluster; cleared by start_as_standby once it streams."""
+    ctx.ssh(
+        instance.server,
+        commands.mark_incomplete(marker_path(instance), ctx.job.pk, steps.start_conf(instance)),
+        "mark its data directory as being replaced (and keep it from starting at boot)",
+    )
+    if instance.rebuild_job is None:
+        Instance.objects.filter(pk=instance.pk).update(rebuild_job=ctx.job.pk)
+        instance.rebuild_job = ctx.job.pk
+    ctx.leaves = (
+        f"the data directory of {instance.label} is incomplete and marked so, and the "
+        "instance is stopped: retry the rebuild"
+    )
 
 
 def rebuild_from(
@@ -429,6 +463,7 @@ def rebuild_from(
                 upstream_system_identifier=facts.system_identifier,
                 upstream_oldest_segment=oldest,
                 upstream_timeline=facts.timeline,
+                unfinished_job=instance.rebuild_job,
             )
         )
     ctx.note(
@@ -436,6 +471,7 @@ def rebuild_from(
         f"{decision.sentence}\nupstream: {upstream.label}",
         instance.server.hostname,
     )
+    mark_incomplete(ctx, instance)
     # A new instance keeps only what ElepHaaS wrote (its address and port, pg_ctl layout);
     # an existing replica keeps all of its own configuration.
     keep_aside(ctx, instance, ("postgresql.auto.conf",) if fresh else KEEP_FILES)
@@ -485,6 +521,7 @@ def rebuild(ctx: JobContext) -> str:
         downstreams=downstreams,
         fenced=instance.fenced,
         force=bool(params.get("force")),
+        unfinished=instance.rebuild_job is not None,
     )
     if refusal:
         raise JobFailed(f"refusing to rebuild: {refusal}")

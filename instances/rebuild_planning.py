@@ -54,6 +54,7 @@ class RebuildFacts:
     upstream_system_identifier: str
     upstream_oldest_segment: int | None  # segment number of its oldest file in pg_wal
     upstream_timeline: int | None
+    unfinished_job: int | None = None  # a rebuild of it that did not finish
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,16 @@ def choose_method(facts: RebuildFacts) -> Decision:
     """pg_rewind when it can work, else a full copy (pg_basebackup unless rsync is asked)."""
     if facts.requested not in METHODS:
         raise ValueError(f"method {facts.requested!r} is not one of {', '.join(METHODS)}")
-    if facts.requested != "auto":
+    if facts.requested != CopyMethod.AUTO:
         return Decision(facts.requested, "the DBA asked for a full copy with it")
+    if facts.unfinished_job is not None:
+        # A half-copied directory can have a valid control file and the herd's system
+        # identifier: pg_rewind would "succeed" on data that is not all there.
+        return Decision(
+            PG_BASEBACKUP,
+            f"the rebuild of job {facts.unfinished_job} did not finish: its data directory "
+            "is incomplete, only a full copy repairs it",
+        )
     control = facts.control
     if control is None:
         return Decision(
@@ -118,11 +127,13 @@ def rebuild_refusal(
     downstreams: list[str],
     fenced: bool,
     force: bool,
+    unfinished: bool = False,
 ) -> str | None:
     """Why a rebuild must not run without `force`, or None.
 
-    A fenced old primary (after a failover) is what a rebuild is for: it is not refused."""
-    if force:
+    A fenced old primary (after a failover) and a half-copied instance (a rebuild that did
+    not finish) are what a rebuild is for: they are not refused."""
+    if force or unfinished:
         return None
     if live_primary:
         return (

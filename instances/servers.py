@@ -93,13 +93,13 @@ def discover(ctx: JobContext) -> str:
                 step.ok = False
                 step.output = str(exc)
     ctx.progress(60)
-    added, changed, same, gone = [], [], [], []
+    added, changed, same, gone, held = [], [], [], [], []
     with transaction.atomic():
         seen_ports = set()
         for found in clusters:
             seen_ports.add(found.port)
             outcome, instance, what = _reconcile(server, found, probes.get(found.port))
-            {"added": added, "changed": changed, "same": same}[outcome].append(
+            {"added": added, "changed": changed, "same": same, "held": held}[outcome].append(
                 f"{instance}" + (f" ({what})" if what else "")
             )
         for instance in (
@@ -114,7 +114,12 @@ def discover(ctx: JobContext) -> str:
     # After the commit: discovery of the upstream's server may be running in parallel, and
     # of two such jobs the one that commits last sees both rows and makes the link.
     linked = _link_upstreams()
-    for label, items in (("added", added), ("changed", changed), ("gone", gone)):
+    for label, items in (
+        ("added", added),
+        ("changed", changed),
+        ("gone", gone),
+        ("left as is", held),
+    ):
         if items:
             ctx.note(f"{label}: {len(items)}", "\n".join(items), server.hostname)
     if linked:
@@ -125,9 +130,10 @@ def discover(ctx: JobContext) -> str:
         f"{len(changed)} changed",
         f"{len(same)} unchanged",
         f"{len(gone)} gone",
-    ]
+    ] + ([f"{len(held)} left as is (rebuild incomplete)"] if held else [])
     lines = [f"{server.hostname}: " + ", ".join(parts)]
     lines += [f"added {x}" for x in added] + [f"changed {x}" for x in changed]
+    lines += [f"left as is {x}" for x in held]
     lines += [
         f"gone {x} (no cluster on that port any more; row kept, marked offline)" for x in gone
     ]
@@ -187,6 +193,10 @@ def _reconcile(
         .filter(server=server, port=found.port)
         .first()
     )
+    if existing is not None and existing.rebuild_job is not None:
+        # Whatever runs in a half-copied directory is not what the herd has: never record
+        # it as a primary (or anything else) until a rebuild finishes.
+        return "held", existing, existing.unfinished_rebuild
     herd = _herd_for(server, found, existing)
     instance = existing or Instance(herd=herd, server=server, port=found.port)
     before = _snapshot(instance) if existing else None

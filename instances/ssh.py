@@ -37,7 +37,7 @@ import paramiko
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from instances.commands import Command, quote_argv
+from instances.commands import Command, owned, quote_argv
 from instances.validators import sha256_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 MAX_CHANNELS_PER_TRANSPORT = 10
 # How long a stopped command gets to exit on SIGTERM before it is sent SIGKILL.
 STOP_GRACE = 2.0
+# The wrapper (commands.owned) sends SIGKILL this long after SIGTERM.
+OWNED_KILL_AFTER = 5.0
 # How long to wait for the end of output once the command has exited. A daemon started
 # without redirecting its output (`pg_ctl start` without -l) keeps the channel's stdout
 # open; ssh(1) would hang until the daemon stops, we return what the command printed.
@@ -670,17 +672,15 @@ def _send_signal(chan: paramiko.Channel, name: str) -> None:
 
 
 def _stop(chan: paramiko.Channel) -> None:
-    """Stop a running command: SIGTERM, SIGKILL if it lingers, then close the channel.
-
-    Closing the channel alone would leave a command that does not read its stdin or
-    write its output (a `sleep`, a long `pg_basebackup`) running on the server.
-    """
+    """Stop a running command: EOF on the wrapper's stdin (commands.owned), which sends
+    SIGTERM to the command's own process group, SIGKILL 5 s later; then the channel is
+    closed. A signal request would reach only the wrapper, not the command's session."""
     try:
-        _send_signal(chan, "TERM")
-        if not chan.status_event.wait(STOP_GRACE):
+        chan.shutdown_write()
+        if not chan.status_event.wait(STOP_GRACE + OWNED_KILL_AFTER):
             _send_signal(chan, "KILL")
     except (paramiko.SSHException, EOFError, OSError):
-        pass  # the connection is gone, and the command with it
+        pass  # the connection is gone: the wrapper sees EOF and ends the command
 
 
 def _pump(
@@ -698,9 +698,9 @@ def _pump(
     on one stream from blocking forever on a full window of the other.
     """
     out, err = bytearray(), bytearray()
+    # stdin stays open until the command ends: its EOF is what tells the wrapper
+    # (commands.owned) that nobody waits any more, and ends the command.
     pending = memoryview(stdin) if stdin else None
-    if pending is None:
-        chan.shutdown_write()  # a command reading stdin (`cat`) gets EOF at once
     # paramiko makes the channel's fileno() readable while either stream has data, and
     # for good at the end. poll(), not select(): a busy worker has descriptors past 1024.
     wakeup = select.poll()
@@ -720,7 +720,6 @@ def _pump(
                 pending = memoryview(b"")  # the command is gone and did not read it all
             if not pending:
                 pending = None
-                chan.shutdown_write()
         if chan.closed or (chan.eof_received and chan.exit_status_ready()):
             break
         now = time.monotonic()
@@ -786,6 +785,7 @@ def run(
     input: str | bytes | None = None,  # the name subprocess.run uses
     cancel: threading.Event | None = None,
     fresh: bool = False,
+    owner: str = "adhoc",
 ) -> Result:
     """Run a command on `server` and return its exit status and output.
 
@@ -795,6 +795,10 @@ def run(
     set, after stopping the command; with `check`, when it exits non-zero (the message
     quotes the end of stderr, so a command given a secret must not echo it). `fresh` uses
     a new connection, closed afterwards, instead of the pool.
+
+    The command runs under commands.owned: it ends when its channel closes (the worker
+    died, the connection dropped, a cancel), and `owner` (`job-12`) names it on the
+    server, so that commands.end_owned finds what a lost job left behind.
     """
     started = time.monotonic()
     line = argv.line() if isinstance(argv, Command) else quote_argv(argv)
@@ -804,12 +808,14 @@ def run(
         raise ValueError(f"timeout must be positive, not {timeout!r}")
     stdin = input.encode("utf-8") if isinstance(input, str) else input
     shown = _shorten(line)
+    words = argv.words() if isinstance(argv, Command) else list(argv)
+    wrapped = quote_argv(owned(owner, words, None if stdin is None else len(stdin)))
     if cancel is not None and cancel.is_set():
         raise SSHError(target.hostname, Stage.CANCELLED, f"`{shown}` was cancelled before it ran")
     conn, chan = _open_channel(target, fresh)
     try:
         try:
-            chan.exec_command(line)
+            chan.exec_command(wrapped)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise SSHError(
                 target.hostname,

@@ -81,3 +81,40 @@ def celery_worker(lab, django_db_setup, django_db_blocker):
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+@pytest.fixture
+def lone_worker(lab, django_db_setup):
+    """Start workers of their own on the `lone` queue, for the tests that kill one."""
+    import os
+    import subprocess
+
+    from django.db import connection
+
+    from tests.helpers import die_with_parent
+
+    procs = []
+
+    def start():
+        env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            ELEPHAAS_DB_NAME=connection.settings_dict["NAME"],
+        )
+        log = open(state.LAB_DIR / "log" / "test-lone-worker.log", "ab")
+        proc = subprocess.Popen(
+            fleet.worker_argv(f"lone-{len(procs)}@%h", 4, queues="lone"),
+            cwd=state.REPO_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)

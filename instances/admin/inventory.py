@@ -300,7 +300,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("herd", "server", "port", "pg_version", "data_dir")}),
         ("Replication", {"fields": ("role", "upstream")}),
-        ("Flags", {"fields": ("fenced", "needs_rebuild", "notes")}),
+        ("Flags", {"fields": ("fenced", "needs_rebuild", "rebuild_job", "notes")}),
         (
             "Observed state",
             {"fields": OBSERVED_FIELDS},
@@ -358,6 +358,8 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
             shown.append("fenced")
         if instance.needs_rebuild:
             shown.append("needs rebuild")
+        if instance.rebuild_job is not None:
+            shown.append(f"rebuild incomplete (job {instance.rebuild_job})")
         return badge(", ".join(shown), RED) if shown else ""
 
 
@@ -385,6 +387,8 @@ def _warnings(action: str):
         notes = []
         if instance.fenced and action in ("start", "restart", "promote"):
             notes.append("fenced (old primary after a failover): the job will refuse")
+        if instance.rebuild_job is not None and action in ("start", "restart", "promote"):
+            notes.append(f"{instance.unfinished_rebuild}: the job will refuse")
         if action in ("stop", "restart") and instance.role == Role.PRIMARY:
             if instance.replicas_attached:
                 notes.append(

@@ -23,10 +23,10 @@ from django.db import close_old_connections, connection, connections
 from django.db.models import F
 from django.utils import timezone
 
-from instances import ssh
+from instances import commands, ssh
 from instances.commands import quote_argv
 from instances.jobs.registry import JobCancelled, JobFailed, registered
-from instances.models import Job, JobState, JobStep
+from instances.models import Instance, Job, JobState, JobStep, Server
 
 log = logging.getLogger("elephaas.jobs")
 audit = logging.getLogger("elephaas.audit")
@@ -78,16 +78,55 @@ def reap_lost_jobs(*, this_host_only: bool = False) -> int:
         last = job.steps.order_by("-seq").first()
         where = f" during step {last.seq} ({last.name})" if last else ""
         reason = "exited" if dead else "stopped answering"
-        error = (
-            f"the worker {job.worker} {reason}{where}; the target may be half-changed: "
-            f"check it, then retry"
+        half_copied = Instance.objects.filter(rebuild_job=job.pk).select_related("herd", "server")
+        leaves = (
+            "; ".join(
+                f"the data directory of {i.label} is incomplete and marked so: retry the rebuild"
+                for i in half_copied
+            )
+            or "the target may be half-changed: check it, then retry"
         )
+        error = f"the worker {job.worker} {reason}{where}; {leaves}"
         if Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
             state=JobState.FAILED, finished_at=now, error=error
         ):
             reaped += 1
             log.warning("job #%s: %s", job.pk, error)
+            end_leftovers(job.pk)
     return reaped
+
+
+def end_leftovers(job_id: int) -> list[str]:
+    """What a lost job left running ends: on every server its steps ran a command on,
+    the processes under its owner marker (commands.end_owned). Each server's answer is a
+    step of the job, so its log says what was found and ended."""
+    hosts = set(
+        JobStep.objects.filter(job_id=job_id).exclude(command="").values_list("host", flat=True)
+    )
+    lines = []
+    seq = JobStep.objects.filter(job_id=job_id).count()
+    for server in Server.objects.filter(hostname__in=hosts).order_by("hostname"):
+        argv = commands.end_owned(f"job-{job_id}")
+        started = time.monotonic()
+        try:
+            result = ssh.run(server, argv, timeout=60, check=False, owner="reaper")
+            output, ok = result.stdout.strip(), result.exit_status == 0
+        except ssh.SSHError as exc:
+            output, ok = f"could not look: {exc}", False
+        seq += 1
+        JobStep.objects.create(
+            job_id=job_id,
+            seq=seq,
+            name="after it was lost: end what it left running",
+            host=server.hostname,
+            command=quote_argv(argv),
+            ok=ok,
+            duration=time.monotonic() - started,
+            output=_tail(output),
+        )
+        lines.append(f"{server.hostname}: {output.splitlines()[0] if output else 'done'}")
+        log.warning("job #%s lost: %s: %s", job_id, server.hostname, output)
+    return lines
 
 
 def _pid_alive(pid: int) -> bool:
@@ -183,19 +222,26 @@ def _busy_message(job: Job) -> str:
 
 
 class Watcher(threading.Thread):
-    """Beats the job's heartbeat and turns a cancel request into the cancel event."""
+    """Beats the job's heartbeat, turns a cancel request into the cancel event, and ends
+    a job that runs past JOB_TIME_LIMIT the same way (Celery's threads pool does not
+    enforce time limits): its running command is stopped with its channel."""
 
     def __init__(self, job_id: int, cancel: threading.Event) -> None:
         super().__init__(name=f"job-{job_id}-watcher", daemon=True)
         self.job_id = job_id
         self.cancel = cancel
         self.stopped = threading.Event()
+        self.timed_out = False
+        self.deadline = time.monotonic() + settings.JOB_TIME_LIMIT
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(settings.JOB_HEARTBEAT):
+            while not self.stopped.wait(min(settings.JOB_HEARTBEAT, settings.JOB_TIME_LIMIT)):
                 Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
                 if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+                    self.cancel.set()
+                if time.monotonic() > self.deadline and not self.cancel.is_set():
+                    self.timed_out = True
                     self.cancel.set()
         except Exception:  # noqa: BLE001 - a lost heartbeat is visible; never crash the job
             log.exception("job #%s: watcher stopped", self.job_id)
@@ -213,6 +259,15 @@ class JobContext:
         self.job = job
         self.cancel = cancel
         self._seq = job.steps.count()
+        # What the job leaves behind if it ends now, and what to do about it: operations
+        # set it where stopping would leave something half-done; a cancel, a time limit
+        # or the reaper says it in the job's one-line error.
+        self.leaves = ""
+
+    @property
+    def owner(self) -> str:
+        """How its commands are named on servers (commands.owned): `job-12`."""
+        return f"job-{self.job.pk}"
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -274,6 +329,7 @@ class JobContext:
                         input=input,
                         timeout=timeout,
                         cancel=self.cancel if cancellable else None,
+                        owner=self.owner,
                     )
             except ssh.SSHError as exc:
                 step.exit_status = exc.exit_status
@@ -335,6 +391,7 @@ def execute(job_id: int, task_id: str = "") -> str:
     watcher = Watcher(job_id, cancel)
     watcher.start()
     lock = None
+    ctx: JobContext | None = None
     state, summary, error, trace = JobState.FAILED, "", "", ""
     try:
         func = registered(job.kind)
@@ -344,12 +401,22 @@ def execute(job_id: int, task_id: str = "") -> str:
                 "ElepHaaS older than the web's?"
             )
         lock = take_lock(job, cancel)
-        summary = func(JobContext(job, cancel)) or ""
+        ctx = JobContext(job, cancel)
+        summary = func(ctx) or ""
         state = JobState.SUCCEEDED
     except JobCancelled:
-        state = JobState.CANCELLED
-        by = Job.objects.filter(pk=job_id).values_list("cancel_requested_by", flat=True).first()
-        error = f"cancelled by {by or 'a user'} while running"
+        leaves = (ctx.leaves if ctx else "") or (
+            "it stopped before its next step; check the target, then retry if needed"
+        )
+        if watcher.timed_out:
+            error = (
+                f"ran past the time limit of {settings.JOB_TIME_LIMIT:.0f} s "
+                f"(ELEPHAAS_JOB_TIME_LIMIT) and was stopped, its command with it: {leaves}"
+            )
+        else:
+            state = JobState.CANCELLED
+            by = Job.objects.filter(pk=job_id).values_list("cancel_requested_by", flat=True).first()
+            error = f"cancelled by {by or 'a user'} while running: {leaves}"
     except JobFailed as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - the job must end visibly whatever happened

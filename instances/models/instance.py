@@ -139,6 +139,13 @@ class Instance(models.Model):
         help_text="Its data has diverged from the herd (e.g. an old primary); it must be "
         "rebuilt or rewound before it can follow again.",
     )
+    rebuild_job = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="rebuild incomplete (job)",
+        help_text="Set by the rebuild or create job that is replacing its data directory, "
+        "cleared once it streams: until then nothing starts, promotes or rewinds it.",
+    )
     streams_from = models.CharField(
         max_length=300,
         blank=True,
@@ -218,6 +225,16 @@ class Instance(models.Model):
             return normalise_path(self.data_dir)
         return join_path(
             self.herd.data_root, str(self.effective_pg_version), self.effective_cluster_name
+        )
+
+    @property
+    def unfinished_rebuild(self) -> str:
+        """Why nothing may start or promote it, or "": its data directory is half-copied."""
+        if self.rebuild_job is None:
+            return ""
+        return (
+            f"rebuild of {self.label} did not finish (job {self.rebuild_job}): its data "
+            "directory is incomplete; rebuild it again"
         )
 
     @property

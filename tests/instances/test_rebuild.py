@@ -6,7 +6,10 @@ the inventory; srv4 is empty for init. Dropped after each test.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import time
 
 import pytest
@@ -267,6 +270,12 @@ def test_it_can_be_cancelled_mid_copy_and_retried(celery_worker, rbt):
     queue.cancel(job, None)
     job = wait_for_job(job, timeout=30)
     assert job.state == JobState.CANCELLED
+    assert re.fullmatch(
+        r"cancelled by system while running: the copy stopped at \d+%: the data directory of "
+        rf"{re.escape(replica.label)} is incomplete and marked so, the instance is stopped; "
+        "rebuild it again",
+        job.error,
+    ), job.error
     step = job.steps.get(name="copy progress (pg_basebackup)")
     assert step.output.startswith("cancelled at ") and "the instance is stopped" in step.output
     assert not fleet.cluster_running(fleet.server_ns(2), "15", NAME)
@@ -351,3 +360,141 @@ def test_it_copies_files_that_differ_only_in_content_with_rsync(celery_worker, r
     job = run(JobKind.REBUILD, replica, method="rsync")
     assert_rebuilt(job, replica, rbt[1], "rsync")
     wait_rows(3, 2000)
+
+
+# --- a job owns what it starts: the worker killed mid-copy ----------------------------------
+
+
+def copy_processes() -> list[str]:
+    """pg_basebackup, rsync and pg_rewind processes of herd rbt on any lab server (the
+    servers share this machine's process table)."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if re.search(r"pg_basebackup|rsync|pg_rewind", line) and f"/{NAME}" in line
+    ]
+
+
+def slots_on_primary() -> str:
+    return sql(1, "SELECT count(*) FROM pg_replication_slots")
+
+
+def run_on_lone_worker(lone_worker, kind, instance, **params):
+    from instances.tasks import run_job
+
+    worker = lone_worker()
+    [job] = queue.create_jobs(kind, [instance], params=params, queue=False)
+    run_job.apply_async(args=[job.pk], task_id=job.task_id, queue="lone")
+    return worker, job
+
+
+def kill_worker_then_check_leftovers(lone_worker, worker, job, replica, rbt) -> Job:
+    """kill -9 the worker; the next worker on this host finds the job lost. Then: no copy
+    process of it remains within 10 s, no slot on the primary, Start refuses the replica,
+    and a plain retry rebuilds it with the primary's rows."""
+    assert copy_processes(), "no copy process was running when the worker was killed"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    lone_worker()  # reaps the dead worker's job at start-up
+    job = wait_for_job(job, timeout=60)
+    found_lost = time.monotonic()
+    assert job.state == JobState.FAILED
+    assert f"the data directory of {replica.label} is incomplete and marked so" in job.error
+    assert "retry the rebuild" in job.error
+    while copy_processes():
+        assert time.monotonic() - found_lost < 10, f"left running: {copy_processes()}"
+        time.sleep(0.2)
+    assert slots_on_primary() == "0"
+    replica.refresh_from_db()
+    assert replica.rebuild_job == job.pk
+
+    start = run(JobKind.START, replica)
+    assert start.state == JobState.FAILED
+    assert start.error == (
+        f"refusing to start it: rebuild of {replica.label} did not finish (job {job.pk}): its "
+        "data directory is incomplete; rebuild it again"
+    )
+    assert not fleet.cluster_running(fleet.server_ns(2), "15", NAME)
+    [found] = runner.run_inline(
+        queue.create_jobs(JobKind.DISCOVER, [rbt["servers"][1]], queue=False)
+    )
+    assert f"left as is {replica}" in found.summary
+    replica.refresh_from_db()
+    assert replica.rebuild_job == job.pk and replica.role == Role.REPLICA
+
+    retried = wait_for_job(queue.retry(job, None), timeout=240)
+    assert retried.state == JobState.SUCCEEDED, retried.error
+    replica.refresh_from_db()
+    assert replica.rebuild_job is None and replica.role == Role.REPLICA
+    assert streams_from(2, 1)
+    wait_rows(2, int(sql(1, "SELECT count(*) FROM moved")))
+    return retried
+
+
+def big_primary(rows: int = 40000) -> None:
+    sql(
+        1,
+        "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad "
+        f"FROM generate_series(1, {rows}) g",
+    )
+    write_rows(7)
+
+
+def wait_for_copy(job: Job, name: str) -> None:
+    deadline = time.monotonic() + 60
+    while not job.steps.filter(name=name, output__contains="%").exists():
+        assert time.monotonic() < deadline, f"the copy never reported progress ({name})"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("method", ["pg_basebackup", "rsync"])
+def test_it_ends_a_copy_whose_worker_was_killed_and_a_retry_finishes_it(
+    celery_worker, rbt, lone_worker, method
+):
+    replica = rbt[2]
+    big_primary()
+    assert slots_on_primary() == "0"
+    worker, job = run_on_lone_worker(
+        lone_worker, JobKind.REBUILD, replica, method=method, max_rate_kb=2048
+    )
+    wait_for_copy(job, f"copy progress ({method})")
+    retried = kill_worker_then_check_leftovers(lone_worker, worker, job, replica, rbt)
+    assert f"with {method}" in retried.summary
+    lost = Job.objects.get(pk=job.pk)
+    [cleanup] = lost.steps.filter(name="after it was lost: end what it left running")
+    assert cleanup.host == "127.0.1.2" and cleanup.ok
+
+
+def test_it_ends_a_pg_rewind_whose_worker_was_killed_and_a_retry_copies_in_full(
+    celery_worker, rbt, lone_worker
+):
+    """srv2 diverged (promoted, wrote, stopped); the primary then grew a table pg_rewind
+    must copy whole. The pg_rewind process is stopped (SIGSTOP) once it runs, so that the
+    worker is killed while it certainly runs; a stopped process still dies of SIGKILL."""
+    replica = rbt[2]
+    write_rows(10)
+    wait_rows(2, 10)
+    fleet.server_ns(2).run(["pg_ctlcluster", "15", NAME, "promote"], user="postgres")
+    deadline = time.monotonic() + 30
+    while probe.probe("127.0.1.2", PORT).in_recovery:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sql(2, "INSERT INTO moved VALUES (-1)")
+    ctl(2, "stop")
+    Instance.objects.filter(pk=replica.pk).update(needs_rebuild=True, online=False)
+    big_primary(20000)
+    worker, job = run_on_lone_worker(lone_worker, JobKind.REBUILD, replica)
+    deadline = time.monotonic() + 60
+    rewinding = []
+    while not rewinding:
+        assert time.monotonic() < deadline, "pg_rewind never ran"
+        rewinding = [p for p in copy_processes() if "pg_rewind" in p and "sh -c" not in p]
+        time.sleep(0.01)
+    os.kill(int(rewinding[0].split()[0]), signal.SIGSTOP)
+    retried = kill_worker_then_check_leftovers(lone_worker, worker, job, replica, rbt)
+    # Half a rewind is not a copy of the herd: the retry copies in full.
+    assert "with pg_basebackup" in retried.summary
+    [decision] = [n for n in notes(retried) if n.startswith("method: ")]
+    assert f"the rebuild of job {job.pk} did not finish" in decision
+    assert sql(2, "SELECT count(*) FROM moved WHERE n = -1") == "0"

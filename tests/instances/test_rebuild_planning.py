@@ -159,6 +159,20 @@ class TestRebuildRefusal:
         assert "has replicas of its own (shop on db3:5432)" in message
         assert self.refusal(downstreams=["x"], force=True) is None
 
+    def test_it_rebuilds_a_half_copied_instance_without_force(self):
+        # It may even run as a primary (started by hand): its data is incomplete anyway.
+        assert self.refusal(live_primary=True, recorded_primary=True, unfinished=True) is None
+
+
+class TestUnfinishedRebuild:
+    def test_it_never_rewinds_a_half_copied_directory(self):
+        decision = rp.choose_method(facts(unfinished_job=12))
+        assert decision.method == rp.PG_BASEBACKUP
+        assert decision.reason.startswith("the rebuild of job 12 did not finish")
+
+    def test_it_still_uses_the_method_the_dba_asked_for(self):
+        assert rp.choose_method(facts(unfinished_job=12, requested="rsync")).method == rp.RSYNC
+
 
 class TestRemasterRefusal:
     replica = rp.Position("b", True, lsn_to_int("0/5000000"), 1)

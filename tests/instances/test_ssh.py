@@ -320,6 +320,64 @@ def test_it_cancels_a_running_command(server):
     assert opened() == 1
 
 
+def test_it_ends_a_command_when_its_connection_dies(server):
+    """As when the worker is killed: its TCP connection closes under a running command,
+    and the command (here a child of a child) ends with it, in its own process group."""
+    seconds = unique_seconds()
+    caught = []
+
+    def go():
+        try:
+            ssh.run(server, ["sh", "-c", 'sleep "$1"; echo survived', "sh", seconds])
+        except SSHError as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not remote_sleeps(server, seconds):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+    (transport,) = ssh._pool.transports_for(server)
+    transport.sock.shutdown(socket.SHUT_RDWR)
+    thread.join(timeout=10)
+    assert caught and caught[0].stage == "connect"
+    deadline = time.monotonic() + 3
+    while remote_sleeps(server, seconds) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert remote_sleeps(server, seconds) == []
+
+
+def test_it_names_a_command_by_its_owner_and_ends_what_an_owner_left(server):
+    """commands.end_owned finds a lost owner's command by its marker and ends its whole
+    session, however it was started; another owner's command is left alone."""
+    from instances import commands
+
+    mine, theirs = unique_seconds(), unique_seconds()
+    threads = [
+        threading.Thread(
+            target=lambda s=s, o=o: ssh.run(server, ["sleep", s], owner=o, check=False),
+            daemon=True,
+        )
+        for s, o in ((mine, "job-424242"), (theirs, "job-434343"))
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while not (remote_sleeps(server, mine) and remote_sleeps(server, theirs)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    out = ssh.run(server, commands.end_owned("job-424242"), owner="reaper").stdout
+    assert f"sleep {mine}" in out and "elephaas-job-424242" in out
+    assert remote_sleeps(server, mine) == []
+    assert remote_sleeps(server, theirs) != []
+    nothing = ssh.run(server, commands.end_owned("job-999999"), owner="reaper").stdout
+    assert nothing.strip() == "nothing of elephaas-job-999999 runs here"
+    ssh.run(server, commands.end_owned("job-434343"), owner="reaper")
+    for thread in threads:
+        thread.join(timeout=10)
+
+
 def test_it_does_not_start_a_command_already_cancelled(server):
     cancel = threading.Event()
     cancel.set()
@@ -370,8 +428,13 @@ def test_it_reconnects_when_the_socket_dies_under_it(server):
 
 def test_it_reports_a_connection_lost_mid_command_without_rerunning_it(server):
     marker = f"elephaas-lost-{uuid.uuid4().hex}"
-    # The command kills the sshd process serving its own connection, after leaving a mark.
-    script = f"echo x >> {marker}; kill -9 $PPID; sleep 5"
+    # The command kills the sshd process serving its own connection, after leaving a mark
+    # (its nearest ancestor named sshd: the runner's wrapper and a shell stand between).
+    script = (
+        f"echo x >> {marker}; p=$PPID; "
+        'while [ "$(ps -o comm= -p "$p")" != sshd ]; do p=$(ps -o ppid= -p "$p" | tr -d " "); '
+        'done; kill -9 "$p"; sleep 5'
+    )
     with pytest.raises(SSHError) as caught:
         ssh.run(server, ["sh", "-c", script])
     assert caught.value.stage == "connect"
