@@ -94,6 +94,8 @@ def promote(
     lost: int | None,
     promoted_lsn: str | None,
     stopped_note: str,
+    *,
+    lost_exact: bool,
 ) -> str:
     """Promote and prove a write; record the moment (RTO). A failure here leaves the herd
     without a writable primary, so the error says which instance to check first."""
@@ -109,7 +111,8 @@ def promote(
         ) from None
     drill.writable_at = timezone.now()
     drill.promoted_lsn, drill.data_lost_bytes = promoted_lsn or lsn, lost
-    drill.save(update_fields=["writable_at", "promoted_lsn", "data_lost_bytes"])
+    drill.data_lost_exact = lost_exact
+    drill.save(update_fields=["writable_at", "promoted_lsn", "data_lost_bytes", "data_lost_exact"])
     Instance.objects.filter(pk=new.pk).update(
         role=Role.PRIMARY,
         upstream=None,

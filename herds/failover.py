@@ -61,6 +61,7 @@ def failover(ctx: JobContext) -> str:
         lost,
         int_to_lsn(plan.candidate.best_lsn),
         "the old primary is fenced",
+        lost_exact=plan.loss_exact,
     )
 
     def rest() -> str:
@@ -77,11 +78,12 @@ def failover(ctx: JobContext) -> str:
         return problem
 
     dns_problem = drills.after_promotion(ctx, herd, new, drill, rest)
-    lost_text = (
-        f"{format_bytes(lost)} lost"
-        if lost is not None
-        else "loss unknown (no last known primary position)"
-    )
+    if lost is None:
+        lost_text = "loss unknown (no last known primary position)"
+    elif plan.loss_exact:
+        lost_text = f"{format_bytes(lost)} lost"
+    else:
+        lost_text = f"at least {format_bytes(lost)} lost, the true loss is unknown"
     drills.finish(drill, dns_problem or "completed")
     if dns_problem:
         raise JobFailed(f"{herd.name} failed over to {new.label}, but {dns_problem}")

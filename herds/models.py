@@ -317,8 +317,10 @@ class Drill(models.Model):
     """The auditor's record of one switchover or failover: who, when, how fast, what lost.
 
     Written by the job as it runs; `rto_seconds` is from the job's start to the moment the
-    new primary accepted a write, `data_lost_bytes` the WAL between the old primary's last
-    known position and the promoted one (0 for a switchover, by construction).
+    new primary accepted a write, `data_lost_bytes` the WAL between the old primary's end
+    and the promoted one: proved (`data_lost_exact`) for a switchover (0, by construction)
+    or when the old primary's end of WAL was read; otherwise only a lower bound, from its
+    last recorded position.
     """
 
     job = models.OneToOneField("instances.Job", on_delete=models.CASCADE, related_name="drill")
@@ -335,6 +337,10 @@ class Drill(models.Model):
     last_known_lsn = models.CharField(max_length=17, blank=True)
     promoted_lsn = models.CharField(max_length=17, blank=True)
     data_lost_bytes = models.BigIntegerField(null=True, blank=True)
+    data_lost_exact = models.BooleanField(
+        default=False,
+        help_text="Whether data lost was proved; if not, it is a lower bound (or unknown).",
+    )
     dns_ok = models.BooleanField(null=True)
     outcome = models.CharField(max_length=500, blank=True)
 

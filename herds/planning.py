@@ -43,6 +43,11 @@ class Snapshot:
     replicas: tuple[Member, ...]
     vhost: str = ""
     last_known_primary_lsn: int | None = None  # the primary's last recorded position
+    # How long ago that position was recorded (seconds), to say how stale it is.
+    last_seen_seconds: float | None = None
+    # The old primary's true end of WAL, read from its data directory: only this proves a
+    # loss; a recorded position is a lower bound (the primary may have written after it).
+    primary_end_of_wal: int | None = None
 
 
 @dataclass
@@ -56,6 +61,9 @@ class Plan:
     dns_from: str = ""
     dns_to: str = ""
     data_loss_bytes: int | None = None
+    # True only when data_loss_bytes was measured against the old primary's end of WAL;
+    # otherwise it is a lower bound (or None: unknown).
+    loss_exact: bool = False
     needs_accept_loss: bool = False
 
 
@@ -127,6 +135,30 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
     return plan
 
 
+def _loss(snap: Snapshot, candidate: Member) -> tuple[int | None, bool, str]:
+    """(bytes lost, proved?, how to say it). Proved only against the old primary's end of
+    WAL; its last recorded position only bounds the loss from below."""
+    end = snap.primary_end_of_wal
+    if end is not None:
+        loss = max(0, end - candidate.best_lsn)
+        where = f"the old primary's end of WAL {int_to_lsn(end)}, read from its data directory"
+        if loss == 0:
+            return 0, True, f"0 bytes lost: it has all WAL up to {where}"
+        return loss, True, f"{format_bytes(loss)} lost: it is that far behind {where}"
+    known = snap.last_known_primary_lsn
+    if known is None:
+        return None, False, "the primary's last position is unknown: the loss cannot be bounded"
+    loss = max(0, known - candidate.best_lsn)
+    age = snap.last_seen_seconds
+    seen = f", {age:.0f} s ago" if age is not None else ""
+    return (
+        loss,
+        False,
+        f"at least {format_bytes(loss)} lost (primary last seen at {int_to_lsn(known)}{seen}); "
+        "the true loss is unknown",
+    )
+
+
 def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = False) -> Plan:
     """A DR failover: the primary is down or unreachable; promote the most up-to-date replica."""
     refuse = Plan(JobKind.FAILOVER, snap.herd, ok=False, sentence="")
@@ -142,8 +174,7 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         refuse.sentence = f"refused: {snap.herd} has no answering replica to promote"
         return refuse
     candidate = sorted(usable, key=_rank)[0]
-    known = snap.last_known_primary_lsn
-    loss = max(0, known - candidate.best_lsn) if known is not None else None
+    loss, exact, loss_text = _loss(snap, candidate)
     tie_note = ""
     equal = [r for r in usable if r.best_lsn == candidate.best_lsn and r.id != candidate.id]
     if equal:
@@ -152,17 +183,13 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
             if candidate.dr_candidate
             else f", priority {candidate.priority}"
         ) + " among equals"
-    loss_text = (
-        f"{format_bytes(loss)} behind the last known primary position {int_to_lsn(known)}"
-        if loss is not None
-        else "the primary's last position is unknown"
-    )
     plan = Plan(
         JobKind.FAILOVER,
         snap.herd,
         ok=True,
         candidate=candidate,
         data_loss_bytes=loss,
+        loss_exact=exact,
         sentence=(
             f"promote {candidate.label}: highest received LSN "
             f"{int_to_lsn(candidate.best_lsn)}{tie_note}, {loss_text}"
@@ -170,14 +197,19 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         dns_from=primary.hostname if primary else "",
         dns_to=candidate.hostname,
     )
-    if loss is None or loss > max_loss_bytes:
+    # A loss that is not proved counts as over the limit, whatever its lower bound.
+    if not exact or loss > max_loss_bytes:
         plan.needs_accept_loss = True
         if not accept_loss:
             plan.ok = False
             limit = format_bytes(max_loss_bytes)
+            why = (
+                f"that loses more than the {limit} allowed"
+                if exact
+                else f"the loss is not known to be within the {limit} allowed"
+            )
             plan.sentence = (
-                f"refused: {plan.sentence}; that may lose more than the {limit} allowed: "
-                "tick 'accept data loss' to fail over anyway"
+                f"refused: {plan.sentence}; {why}: tick 'accept data loss' to fail over anyway"
             )
             return plan
     others = [r for r in snap.replicas if r.id != candidate.id]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.utils import timezone
 
 from herds import planning
 from herds.models import Herd
@@ -77,6 +78,9 @@ def build(
         ),
         vhost=herd.vhost,
         last_known_primary_lsn=lsn_to_int(primary.last_lsn) if primary else None,
+        last_seen_seconds=(timezone.now() - primary.last_checked).total_seconds()
+        if primary and primary.last_checked
+        else None,
     )
 
 

@@ -95,7 +95,9 @@ def switchover(ctx: JobContext) -> str:
         steps.wait_replayed(ctx, new, checkpoint)
     except (JobFailed, JobCancelled) as exc:
         abort_before_promotion(ctx, old, drill, exc)
-    drills.promote(ctx, herd, new, drill, 0, None, f"the old primary {old.label} is stopped")
+    drills.promote(
+        ctx, herd, new, drill, 0, None, f"the old primary {old.label} is stopped", lost_exact=True
+    )
     Instance.objects.filter(pk=old.pk).update(role=Role.REPLICA, upstream=new)
 
     def rest() -> str:

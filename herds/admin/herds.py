@@ -375,6 +375,8 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def data_lost(self, drill: Drill) -> str:
         if drill.data_lost_bytes is None:
             return "unknown"
+        if not drill.data_lost_exact:
+            return f"at least {format_bytes(drill.data_lost_bytes)} (true loss unknown)"
         return format_bytes(drill.data_lost_bytes)
 
     @admin.display(description="job")

@@ -147,3 +147,28 @@ class TestDRPairs:
     def test_it_is_read_only(self, admin_client):
         page = admin_client.get(DR_PAIRS_URL).content.decode()
         assert reverse("admin:herds_drpair_add") not in page
+
+
+class TestDrills:
+    def test_it_says_when_a_loss_is_only_a_lower_bound(self, admin_client):
+        from django.utils import timezone
+
+        from herds.models import Drill
+        from instances.models import Job, JobKind, JobState
+
+        herd = make_herd("shop")
+        now = timezone.now()
+        for lost, exact in ((3 * 1024 * 1024, False), (0, True)):
+            job = Job.objects.create(kind=JobKind.FAILOVER, herd=herd, state=JobState.SUCCEEDED)
+            Drill.objects.create(
+                job=job,
+                herd=herd,
+                kind=JobKind.FAILOVER,
+                started_at=now,
+                writable_at=now,
+                data_lost_bytes=lost,
+                data_lost_exact=exact,
+            )
+        page = admin_client.get("/admin/herds/drill/").content.decode()
+        assert "at least 3.0 MB (true loss unknown)" in page
+        assert "<td class=\"field-data_lost\">0 bytes</td>" in page

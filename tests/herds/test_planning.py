@@ -31,13 +31,15 @@ def member(
     )
 
 
-def snap(primary, *replicas, known=None):
+def snap(primary, *replicas, known=None, end=None, seen=None):
     return Snapshot(
         herd="db",
         primary=primary,
         replicas=tuple(replicas),
         vhost="db",
         last_known_primary_lsn=known,
+        primary_end_of_wal=end,
+        last_seen_seconds=seen,
     )
 
 
@@ -85,16 +87,24 @@ def test_it_refuses_switchovers_that_cannot_be_safe(shape, reason):
 
 def test_it_fails_over_to_the_replica_that_received_most():
     down = member(1, "h1", answering=False)
-    plan = plan_failover(
-        snap(
-            down, member(2, "h2", lsn=0x50000000), member(3, "h3", lsn=0x50001000), known=0x50001000
-        ),
-        max_loss_bytes=MB,
+    shape = snap(
+        down,
+        member(2, "h2", lsn=0x50000000),
+        member(3, "h3", lsn=0x50001000),
+        known=0x50001000,
+        seen=12.4,
     )
-    assert plan.ok and plan.candidate.id == 3 and plan.data_loss_bytes == 0
+    # The primary's last recorded position only bounds the loss: it may have written
+    # after it. Not proved, so not within any limit: it needs "accept data loss".
+    refused = plan_failover(shape, max_loss_bytes=MB)
+    assert not refused.ok and refused.needs_accept_loss and refused.candidate.id == 3
+    assert "the loss is not known to be within the 1.0 MB allowed" in refused.sentence
+    plan = plan_failover(shape, max_loss_bytes=MB, accept_loss=True)
+    assert plan.ok and plan.candidate.id == 3
+    assert (plan.data_loss_bytes, plan.loss_exact) == (0, False)
     assert plan.sentence == (
-        "promote db on h3:5432: highest received LSN 0/50001000, 0 bytes "
-        "behind the last known primary position 0/50001000"
+        "promote db on h3:5432: highest received LSN 0/50001000, at least 0 bytes lost "
+        "(primary last seen at 0/50001000, 12 s ago); the true loss is unknown"
     )
     assert (
         plan.steps[0] == "fence db on h1:5432: stop it if its server answers, else mark it fenced"
@@ -123,7 +133,7 @@ def test_it_refuses_a_lossy_failover_unless_loss_is_accepted():
     shape = snap(down, member(2, "h2", lsn=0x1000000), known=0x1000000 + 3 * MB)
     refused = plan_failover(shape, max_loss_bytes=MB)
     assert not refused.ok and refused.needs_accept_loss
-    assert "3.0 MB behind the last known primary position" in refused.sentence
+    assert "at least 3.0 MB lost (primary last seen at 0/1300000)" in refused.sentence
     assert "tick 'accept data loss'" in refused.sentence
     accepted = plan_failover(shape, max_loss_bytes=MB, accept_loss=True)
     assert accepted.ok and accepted.data_loss_bytes == 3 * MB
@@ -133,7 +143,25 @@ def test_it_refuses_a_failover_with_an_unknown_loss_unless_accepted():
     shape = snap(member(1, "h1", answering=False), member(2, "h2", lsn=5), known=None)
     assert not plan_failover(shape, max_loss_bytes=MB).ok
     plan = plan_failover(shape, max_loss_bytes=MB, accept_loss=True)
-    assert plan.ok and "position is unknown" in plan.sentence
+    assert plan.ok and "last position is unknown: the loss cannot be bounded" in plan.sentence
+    assert (plan.data_loss_bytes, plan.loss_exact) == (None, False)
+
+
+def test_it_proves_no_loss_only_against_the_old_primarys_end_of_wal():
+    down = member(1, "h1", answering=False)
+    caught_up = snap(down, member(2, "h2", lsn=0x5000), known=0x4000, end=0x5000)
+    plan = plan_failover(caught_up, max_loss_bytes=0)
+    assert plan.ok and not plan.needs_accept_loss
+    assert (plan.data_loss_bytes, plan.loss_exact) == (0, True)
+    assert "0 bytes lost: it has all WAL up to the old primary's end of WAL 0/5000" in (
+        plan.sentence
+    )
+    behind = snap(down, member(2, "h2", lsn=0x5000), end=0x5000 + 2 * MB)
+    refused = plan_failover(behind, max_loss_bytes=MB)
+    assert not refused.ok and "that loses more than the 1.0 MB allowed" in refused.sentence
+    assert "2.0 MB lost: it is that far behind the old primary's end of WAL" in refused.sentence
+    small = plan_failover(behind, max_loss_bytes=4 * MB)
+    assert small.ok and (small.data_loss_bytes, small.loss_exact) == (2 * MB, True)
 
 
 def test_it_refuses_to_fail_over_a_healthy_primary():

@@ -38,7 +38,8 @@ def test_it_switches_over_losing_no_commit_then_fails_back(celery_worker, lab, d
     record = Drill.objects.get(job=job)
     new_host = record.new_primary.split(" on ")[1].split(":")[0]
     assert new_host in ("127.0.1.2", "127.0.1.3")
-    assert record.data_lost_bytes == 0 and record.writable_at and record.dns_ok
+    assert record.data_lost_bytes == 0 and record.data_lost_exact
+    assert record.writable_at and record.dns_ok
     assert record.rto_seconds < 30
     # Every acknowledged commit is on the new primary.
     conn = connect(new_host, lab)
