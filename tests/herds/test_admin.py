@@ -171,4 +171,4 @@ class TestDrills:
             )
         page = admin_client.get("/admin/herds/drill/").content.decode()
         assert "at least 3.0 MB (true loss unknown)" in page
-        assert "<td class=\"field-data_lost\">0 bytes</td>" in page
+        assert '<td class="field-data_lost">0 bytes</td>' in page
