@@ -7,6 +7,9 @@ in the admin therefore always arrives as one literal argument, whatever it conta
 
 Secrets never appear here: they reach remote commands on stdin (`ssh.run(input=...)`),
 because a command line is visible in `ps`, in the server's logs and in job step logs.
+(The wrapper every command runs under, `owned`, holds that input in a mode-0600 file of
+the SSH user's in $TMPDIR while the command runs, and removes it when it ends.)
+
 Every argv and shell snippet an operation runs is built here, from plain values: the
 instance action presets (`pg_ctlcluster`, `pg_ctl`), the PostgreSQL tools (pg_controldata,
 pg_rewind, pg_basebackup, rsync) and the few shell scripts, whose values always arrive as
