@@ -38,8 +38,6 @@ class Command(BaseCommand):
         parser.add_argument("--parallel", type=int, default=8)
 
     def handle(self, hostnames: list[str], queue: bool, parallel: int, **_options) -> None:
-        from instances import operations  # noqa: F401 - registers the operations
-
         servers = list(Server.objects.select_related("environment").order_by("hostname"))
         if hostnames:
             known = {s.hostname: s for s in servers}
