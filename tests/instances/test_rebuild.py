@@ -92,6 +92,20 @@ def write_rows(count: int) -> None:
     )
 
 
+def diverge_srv2() -> None:
+    """As after a failover: srv2 is promoted, takes a write the herd never sees (n = -1),
+    and is stopped."""
+    write_rows(10)
+    wait_rows(2, 10)
+    fleet.server_ns(2).run(["pg_ctlcluster", "15", NAME, "promote"], user="postgres")
+    deadline = time.monotonic() + 30
+    while probe.probe("127.0.1.2", PORT).in_recovery:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sql(2, "INSERT INTO moved VALUES (-1)")
+    ctl(2, "stop")
+
+
 def notes(job: Job) -> list[str]:
     return [s.name for s in job.steps.all()]
 
@@ -294,15 +308,7 @@ def test_it_rewinds_a_fenced_old_primary_that_diverged(celery_worker, rbt):
     """As after a failover: srv2 was promoted, took a write of its own, was stopped and
     fenced. A rebuild needs no force for it and rewinds it onto the herd's primary."""
     old = rbt[2]
-    write_rows(10)
-    wait_rows(2, 10)
-    fleet.server_ns(2).run(["pg_ctlcluster", "15", NAME, "promote"], user="postgres")
-    deadline = time.monotonic() + 30
-    while probe.probe("127.0.1.2", PORT).in_recovery:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    sql(2, "INSERT INTO moved VALUES (-1)")  # a write the herd never saw
-    ctl(2, "stop")
+    diverge_srv2()
     start_conf = fleet.server_ns(2).folder / "etc" / "15" / NAME / "start.conf"
     start_conf.write_text("manual\n")
     Instance.objects.filter(pk=old.pk).update(
@@ -473,15 +479,7 @@ def test_it_ends_a_pg_rewind_whose_worker_was_killed_and_a_retry_copies_in_full(
     must copy whole. The pg_rewind process is stopped (SIGSTOP) once it runs, so that the
     worker is killed while it certainly runs; a stopped process still dies of SIGKILL."""
     replica = rbt[2]
-    write_rows(10)
-    wait_rows(2, 10)
-    fleet.server_ns(2).run(["pg_ctlcluster", "15", NAME, "promote"], user="postgres")
-    deadline = time.monotonic() + 30
-    while probe.probe("127.0.1.2", PORT).in_recovery:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    sql(2, "INSERT INTO moved VALUES (-1)")
-    ctl(2, "stop")
+    diverge_srv2()
     Instance.objects.filter(pk=replica.pk).update(needs_rebuild=True, online=False)
     big_primary(20000)
     worker, job = run_on_lone_worker(lone_worker, JobKind.REBUILD, replica)
