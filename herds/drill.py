@@ -9,6 +9,7 @@ primary accepted writes, DNS cut-over, data lost.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 from herds import dns, planning, snapshot
 from herds.models import Drill, Herd
 from instances import inventory, probe, steps
-from instances.choices import Role
+from instances.choices import JobKind, Role
 from instances.jobs.registry import JobCancelled, JobFailed
 from instances.jobs.runner import JobContext
 from instances.models import Instance
@@ -55,6 +56,13 @@ def begin(
             f"{now.label if now else 'none'}; nothing done (another job may have "
             "switched it already): plan again"
         )
+    if kind == JobKind.FAILOVER and snap.primary is not None and not snap.primary.answering:
+        # Only the old primary's own WAL proves what a failover loses: read it where its
+        # server still answers SSH.
+        end, why = steps.read_end_of_wal(ctx, instances[snap.primary.id])
+        ctx.note("the old primary's end of WAL", why)
+        if end is not None:
+            snap = dataclasses.replace(snap, primary_end_of_wal=end)
     plan = snapshot.plan(snap, kind, params)
     ctx.note("plan", "\n".join([plan.sentence, *plan.steps]))
     if not plan.ok:
@@ -69,7 +77,9 @@ def begin(
         old_primary=primary.label if primary else "",
         new_primary=plan.candidate.label,
         started_at=ctx.job.started_at or timezone.now(),
-        last_known_lsn=int_to_lsn(snap.last_known_primary_lsn)
+        last_known_lsn=int_to_lsn(snap.primary_end_of_wal)
+        if snap.primary_end_of_wal is not None
+        else int_to_lsn(snap.last_known_primary_lsn)
         if snap.last_known_primary_lsn is not None
         else "",
     )

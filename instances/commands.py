@@ -278,6 +278,23 @@ def pg_basebackup(
     ]
 
 
+def pg_waldump_to_end(bindir: str, data_dir: str, start: str, timeline: int) -> list[str]:
+    """Read a stopped cluster's WAL from `start` (its REDO point) until it ends; the end
+    is in the error it stops with (instances.waldump)."""
+    return [
+        "env",
+        "LC_ALL=C",
+        _tool(bindir, "pg_waldump"),
+        "--path",
+        f"{data_dir.rstrip('/')}/pg_wal",
+        "--start",
+        start,
+        "--timeline",
+        str(int(timeline)),
+        "--quiet",
+    ]
+
+
 def initdb(bindir: str, data_dir: str) -> list[str]:
     return [_tool(bindir, "initdb"), "-D", data_dir, "--data-checksums"]
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 from django.conf import settings
 from django.utils import timezone
 
-from instances import commands, conninfo, probe
+from instances import commands, conninfo, probe, waldump
 from instances.choices import ClusterState, Role
 from instances.controldata import ControlData, ParseError, parse_controldata
 from instances.jobs.registry import JobFailed
@@ -343,6 +343,44 @@ def stop_and_read_checkpoint(ctx: JobContext, primary: Instance) -> int:
     if control.checkpoint_lsn is None:
         raise JobFailed(f"{primary.label}: no checkpoint location in pg_controldata")
     return control.checkpoint_lsn
+
+
+def read_end_of_wal(ctx: JobContext, instance: Instance) -> tuple[int | None, str]:
+    """Where a stopped (crashed, killed) cluster's WAL really ends, read from its data
+    directory over SSH: its status, pg_controldata's REDO point, then pg_waldump from there
+    to the first invalid record. (None, why) when it cannot be known: its server does not
+    answer, PostgreSQL still runs there, or pg_waldump stopped for a reason not understood.
+    """
+    try:
+        state = cluster_state(ctx, instance)
+    except JobFailed as exc:
+        return None, f"its server does not answer over SSH ({exc})"
+    if state == ClusterState.RUNNING:
+        return None, "its PostgreSQL still runs (without answering SQL): its WAL may still grow"
+    if state == ClusterState.EMPTY:
+        return None, "there is no cluster in its data directory"
+    control, error = read_controldata(ctx, instance)
+    if control is None or control.redo_lsn is None or control.timeline is None:
+        return None, f"its control file cannot be read ({error or 'no REDO point'})"
+    result = ctx.ssh(
+        instance.server,
+        commands.pg_waldump_to_end(
+            bindir(instance),
+            instance.effective_data_dir,
+            int_to_lsn(control.redo_lsn),
+            control.timeline,
+        ),
+        "read where its WAL ends (pg_waldump from the last REDO point)",
+        check=False,
+    )
+    end = waldump.end_of_wal(result.stderr, control.segment_size)
+    if end is None:
+        said = (result.stderr or result.stdout).strip().splitlines()
+        return (
+            None,
+            f"pg_waldump did not say where its WAL ends ({said[-1] if said else 'no output'})",
+        )
+    return end, f"its WAL ends at {int_to_lsn(end)} (cluster state: {control.state})"
 
 
 # --- rewind and standby configuration -----------------------------------------------------
