@@ -157,6 +157,18 @@ REPLICATION_USER = envstr("ELEPHAAS_REPLICATION_USER", "replicator")
 # A failover that may lose more WAL than this (bytes between the old primary's last known
 # position and the best replica) is refused unless the DBA ticks "accept data loss".
 FAILOVER_MAX_LOSS_BYTES = envint("ELEPHAAS_FAILOVER_MAX_LOSS_BYTES", 1024 * 1024, 0)
+# A failover whose old primary's disk still answers SSH copies the WAL the candidate lacks
+# from it (salvage) and waits this long, at most, for the copy and its replay.
+SALVAGE_WAIT = envfloat("ELEPHAAS_SALVAGE_WAIT", 60.0, 1)
+# Fencing an old primary whose server does not answer: a command run on the controller per
+# environment name ("*": every other), e.g. in local_settings.py
+#   FENCE_COMMANDS = {"prod": ["/usr/local/sbin/ipmi-off", "--host", "{hostname}"]}
+# Values: {hostname} {port} {herd} {environment} {instance}, each one argument.
+FENCE_COMMANDS: dict[str, list[str]] = {}
+FENCE_TIMEOUT = envfloat("ELEPHAAS_FENCE_TIMEOUT", 30.0, 1)
+# A fenced instance whose fence is not confirmed: the health sweep tries to finish it when
+# its server answers again, at most this often (seconds).
+FENCE_RETRY = envfloat("ELEPHAAS_FENCE_RETRY", 60.0, 1)
 
 # --- Connections to managed PostgreSQL instances (the probe) ---------------------------
 PG_PROBE_USER = envstr("ELEPHAAS_PG_USER", "elephaas")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from django.conf import settings
 from django.utils import timezone
@@ -23,7 +24,7 @@ from instances.choices import JobKind, Role
 from instances.jobs.registry import JobCancelled, JobFailed
 from instances.jobs.runner import JobContext
 from instances.models import Instance
-from instances.wal import int_to_lsn
+from instances.wal import EndOfWal, int_to_lsn
 
 
 def live_snapshot(herd: Herd) -> tuple[planning.Snapshot, dict[int, Instance]]:
@@ -39,14 +40,23 @@ def live_snapshot(herd: Herd) -> tuple[planning.Snapshot, dict[int, Instance]]:
     return snapshot.build(herd, instances, answers), {i.pk: i for i in instances}
 
 
-def begin(
-    ctx: JobContext, kind: str
-) -> tuple[Herd, planning.Plan, dict[int, Instance], Drill, Instance | None]:
+class Begun(NamedTuple):
+    herd: Herd
+    plan: planning.Plan
+    instances: dict[int, Instance]
+    drill: Drill
+    old: Instance | None  # the primary the plan replaces
+    snap: planning.Snapshot
+    end_of_wal: EndOfWal | None  # a failover: the old primary's, read from its disk
+
+
+def begin(ctx: JobContext, kind: str) -> Begun:
     """Live snapshot, the confirmed primary still the primary, the plan (refused: nothing
     done), and the Drill row."""
     herd: Herd = ctx.job.herd
     params = ctx.job.params
     snap, instances = live_snapshot(herd)
+    end_of_wal = None
     expected = params.get("expected_primary_id")
     current = snap.primary.id if snap.primary else None
     if expected is not None and expected != current:
@@ -59,10 +69,14 @@ def begin(
     if kind == JobKind.FAILOVER and snap.primary is not None and not snap.primary.answering:
         # Only the old primary's own WAL proves what a failover loses: read it where its
         # server still answers SSH.
-        end, why = steps.read_end_of_wal(ctx, instances[snap.primary.id])
+        end_of_wal, why = steps.read_end_of_wal(ctx, instances[snap.primary.id])
         ctx.note("the old primary's end of WAL", why)
-        if end is not None:
-            snap = dataclasses.replace(snap, primary_end_of_wal=end)
+        if end_of_wal is not None:
+            snap = dataclasses.replace(
+                snap,
+                primary_end_of_wal=end_of_wal.lsn,
+                salvage_possible=not params.get("skip_salvage"),
+            )
     plan = snapshot.plan(snap, kind, params)
     ctx.note("plan", "\n".join([plan.sentence, *plan.steps]))
     if not plan.ok:
@@ -83,7 +97,7 @@ def begin(
         if snap.last_known_primary_lsn is not None
         else "",
     )
-    return herd, plan, instances, drill, primary
+    return Begun(herd, plan, instances, drill, primary, snap, end_of_wal)
 
 
 def finish(drill: Drill, outcome: str) -> None:

@@ -343,6 +343,27 @@ class Drill(models.Model):
     )
     dns_ok = models.BooleanField(null=True)
     outcome = models.CharField(max_length=500, blank=True)
+    wal_salvaged_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="WAL copied from the old primary's pg_wal to the new primary before it "
+        "was promoted (a failover whose old primary's disk still answered).",
+    )
+    fence_outcome = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="What fencing the old primary did: stopped and kept from starting, the "
+        "fencing command's result, or only marked in the inventory.",
+    )
+    split_brain_from = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The fenced old primary was found accepting writes: since when (its "
+        "PostgreSQL's start).",
+    )
+    split_brain_until = models.DateTimeField(
+        null=True, blank=True, help_text="…until the fence job stopped it."
+    )
 
     class Meta:
         ordering = ["-started_at"]

@@ -48,6 +48,10 @@ class Snapshot:
     # The old primary's true end of WAL, read from its data directory: only this proves a
     # loss; a recorded position is a lower bound (the primary may have written after it).
     primary_end_of_wal: int | None = None
+    # That end was read and the old primary's pg_wal can be copied from (its server
+    # answers SSH, PostgreSQL is stopped there): a failover salvages what the candidate
+    # lacks instead of losing it.
+    salvage_possible: bool = False
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Plan:
     # otherwise it is a lower bound (or None: unknown).
     loss_exact: bool = False
     needs_accept_loss: bool = False
+    # A failover that first copies this much WAL from the old primary's pg_wal to the
+    # candidate and waits for its replay (0 or None: nothing to salvage).
+    salvage_bytes: int | None = None
 
 
 def _rank(member: Member) -> tuple:
@@ -144,6 +151,13 @@ def _loss(snap: Snapshot, candidate: Member) -> tuple[int | None, bool, str]:
         where = f"the old primary's end of WAL {int_to_lsn(end)}, read from its data directory"
         if loss == 0:
             return 0, True, f"0 bytes lost: it has all WAL up to {where}"
+        if snap.salvage_possible:
+            return (
+                0,
+                True,
+                f"0 bytes lost once the {format_bytes(loss)} of WAL it lacks is salvaged "
+                f"from the old primary's pg_wal (up to {where})",
+            )
         return loss, True, f"{format_bytes(loss)} lost: it is that far behind {where}"
     known = snap.last_known_primary_lsn
     if known is None:
@@ -175,6 +189,9 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         return refuse
     candidate = sorted(usable, key=_rank)[0]
     loss, exact, loss_text = _loss(snap, candidate)
+    salvage = 0
+    if snap.salvage_possible and snap.primary_end_of_wal is not None:
+        salvage = max(0, snap.primary_end_of_wal - candidate.best_lsn)
     tie_note = ""
     equal = [r for r in usable if r.best_lsn == candidate.best_lsn and r.id != candidate.id]
     if equal:
@@ -190,6 +207,7 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         candidate=candidate,
         data_loss_bytes=loss,
         loss_exact=exact,
+        salvage_bytes=salvage,
         sentence=(
             f"promote {candidate.label}: highest received LSN "
             f"{int_to_lsn(candidate.best_lsn)}{tie_note}, {loss_text}"
@@ -215,6 +233,16 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
     others = [r for r in snap.replicas if r.id != candidate.id]
     old = primary.label if primary else "the old primary"
     plan.steps = [
+        *(
+            [
+                f"copy the {format_bytes(salvage)} of WAL {candidate.label} lacks from "
+                f"{old}'s pg_wal and wait until it has replayed up to "
+                f"{int_to_lsn(snap.primary_end_of_wal or 0)}; if that fails, plan again "
+                "without it (the loss rules apply)"
+            ]
+            if salvage
+            else []
+        ),
         f"fence {old}: stop it if its server answers, else mark it fenced",
         f"promote {candidate.label} and check it accepts writes",
         (

@@ -85,7 +85,7 @@ def switchover(ctx: JobContext) -> str:
     4. promote the candidate, check it accepts writes (RTO);
     5. DNS; 6. repoint the other replicas; 7. rewind and restart the old primary as a
        replica of the new one."""
-    herd, plan, instances, drill, old = drills.begin(ctx, JobKind.SWITCHOVER)
+    herd, plan, instances, drill, old, _, _ = drills.begin(ctx, JobKind.SWITCHOVER)
     new = instances[plan.candidate.id]
     template = probe.probe(new.server.hostname, new.port).primary_conninfo
     try:

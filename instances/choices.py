@@ -46,6 +46,7 @@ class JobKind(models.TextChoices):
     REBUILD = "rebuild", "rebuild replica"
     REMASTER = "remaster", "remaster replica"
     INIT = "init", "create instance"
+    FENCE = "fence", "fence (stop, keep from starting)"
 
     @classmethod
     def drills(cls) -> tuple[JobKind, ...]:

@@ -327,6 +327,29 @@ def remote_path(user: str, hostname: str, path: str) -> str:
     return f"{user}@{hostname}:{path.rstrip('/')}/"
 
 
+def rsync_wal(transport: str, remote_wal_dir: str, names: Sequence[str], wal_dir: str) -> list[str]:
+    """rsync the named WAL segments from `remote_wal_dir` (remote_path) into `wal_dir`.
+    -I copies each even where a same-sized file exists (a replica's half-filled segment);
+    rsync writes each aside and renames it into place."""
+    if not names:
+        raise ValueError("no WAL segment to copy")
+    for name in names:
+        if not re.fullmatch(r"[0-9A-F]{24}", name):
+            raise ValueError(f"not a WAL segment file name: {name!r}")
+    return [
+        "rsync",
+        "-a",
+        "-I",
+        "--itemize-changes",
+        "-e",
+        transport,
+        *[f"--include={name}" for name in names],
+        "--exclude=*",
+        remote_wal_dir,
+        f"{wal_dir.rstrip('/')}/",
+    ]
+
+
 # --- shell snippets ----------------------------------------------------------------------
 #
 # Each returns ["sh", "-c", SCRIPT, "sh", values...]: the script is a constant and every
@@ -550,6 +573,38 @@ fi
 rm -f "$marker"
 echo "marker removed"
 """
+
+
+# A fenced old primary: a marker beside its data directory that Start, Restart and Promote
+# refuse (the pg_ctl preset has no start.conf), and Debian's start.conf at manual so that a
+# boot does not start it. Removed only by a rebuild that makes it a replica again.
+_FENCE = r"""
+marker="$1"; job="$2"; start_conf="$3"
+if [ ! -f "$marker" ]; then
+  printf 'fenced: job %s\n' "$job" > "$marker"
+fi
+echo "fence marker: $marker"
+if [ -n "$start_conf" ] && [ -f "$start_conf" ]; then
+  echo manual > "$start_conf"; echo "start.conf: manual"
+fi
+"""
+_UNFENCE = r"""
+marker="$1"; start_conf="$2"
+if [ -f "$marker" ]; then
+  rm -f "$marker"; echo "fence marker removed"
+  if [ -n "$start_conf" ] && [ -f "$start_conf" ] && grep -qx manual "$start_conf"; then
+    echo auto > "$start_conf"; echo "start.conf: manual -> auto"
+  fi
+fi
+"""
+
+
+def fence(marker: str, job: int, start_conf: str | None) -> list[str]:
+    return _sh(_FENCE, marker, str(int(job)), start_conf or "")
+
+
+def unfence(marker: str, start_conf: str | None) -> list[str]:
+    return _sh(_UNFENCE, marker, start_conf or "")
 
 
 def mark_incomplete(marker: str, job: int, start_conf: str | None) -> list[str]:

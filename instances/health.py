@@ -23,20 +23,25 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from instances import probe
+from instances.choices import JobKind, JobOrigin, JobState
 from instances.health_rules import Outcome, Unreachable, observe
-from instances.models import Instance
+from instances.jobs import queue
+from instances.models import Instance, Job
 
 log = logging.getLogger("elephaas.health")
 
@@ -56,6 +61,7 @@ class SweepSummary:
     changed: int = 0
     seconds: float = 0.0
     skipped: bool = False
+    fence_jobs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +165,16 @@ def sweep() -> SweepSummary:
 def _sweep() -> SweepSummary:
     instances = list(
         Instance.objects.select_related("server").only(
-            "pk", "port", "online", "role", "upstream_id", "state_changed_at", "server__hostname"
+            "pk",
+            "port",
+            "online",
+            "role",
+            "upstream_id",
+            "state_changed_at",
+            "fenced",
+            "fence_confirmed_at",
+            "server__hostname",
+            "server__ssh_port",
         )
     )
     outcomes = probe_all((i.pk, i.server.hostname, i.port) for i in instances)
@@ -183,7 +198,67 @@ def _sweep() -> SweepSummary:
         groups.setdefault(tuple(sorted(fields)), []).append(instance)
     for names, rows in groups.items():
         _bulk_set(rows, names)
+    fenced = [i for i in instances if i.fenced]
+    if fenced:
+        due = due_fences(
+            [i for i in fenced if not isinstance(outcomes[i.pk], Unreachable)],
+            [
+                i
+                for i in fenced
+                if isinstance(outcomes[i.pk], Unreachable) and i.fence_confirmed_at is None
+            ],
+        )
+        if due:
+            queue.create_jobs(JobKind.FENCE, due, origin=JobOrigin.SCHEDULE)
+            summary.fence_jobs = len(due)
+            log.warning("health sweep: fence jobs queued for %s", ", ".join(str(i.pk) for i in due))
     return summary
+
+
+def _ssh_answers(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def due_fences(answered: Iterable[Instance], unconfirmed_silent: Iterable[Instance]) -> list:
+    """Which fenced instances the sweep queues a fence job for: those that answered SQL
+    (they run: at once), and those whose fence is not confirmed and whose server's SSH port
+    answers again; never one with a fence job queued or running, nor (for the second kind)
+    within FENCE_RETRY seconds of the last one."""
+    answered, silent = list(answered), list(unconfirmed_silent)
+    candidates = answered + silent
+    if not candidates:
+        return []
+    since = timezone.now() - timedelta(seconds=settings.FENCE_RETRY)
+    history = {
+        row["instance_id"]: row
+        for row in Job.objects.filter(
+            kind=JobKind.FENCE, instance_id__in=[i.pk for i in candidates]
+        )
+        .values("instance_id")
+        .annotate(last=Max("created_at"), active=Count("pk", filter=Q(state__in=JobState.active())))
+    }
+
+    def quiet(instance: Instance, *, throttled: bool) -> bool:
+        row = history.get(instance.pk)
+        if row is None:
+            return True
+        if row["active"]:
+            return False
+        return not throttled or row["last"] < since
+
+    due = [i for i in answered if quiet(i, throttled=False)]
+    retry = [i for i in silent if quiet(i, throttled=True)]
+    if retry:
+        with ThreadPoolExecutor(max_workers=min(16, len(retry))) as pool:
+            answers = list(
+                pool.map(_ssh_answers, [(i.server.hostname, i.server.ssh_port) for i in retry])
+            )
+        due += [i for i, ok in zip(retry, answers, strict=True) if ok]
+    return due
 
 
 def _bulk_set(rows: list[Instance], names: tuple[str, ...]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from instances import commands, probe
+from instances import commands, probe, steps
 from instances.choices import ClusterState, JobKind, Role
 from instances.jobs.registry import JobFailed, operation
 from instances.jobs.runner import JobContext
@@ -17,7 +17,9 @@ from instances.models import Instance
 from instances.steps import cluster_state, command_for, record, try_probe, wait_for, wait_until
 
 
-def refuse_if_unsafe(instance: Instance, action: str) -> None:
+def refuse_if_unsafe(ctx: JobContext, instance: Instance, action: str) -> None:
+    """Refused: a rebuild has not finished, or it is fenced, in the inventory or on its
+    server (the fence marker a failover left there)."""
     if instance.rebuild_job is not None:
         raise JobFailed(f"refusing to {action} it: {instance.unfinished_rebuild}")
     if instance.fenced:
@@ -25,6 +27,7 @@ def refuse_if_unsafe(instance: Instance, action: str) -> None:
             f"{instance.label} is fenced (an old primary after a failover): refusing to "
             f"{action} it; rebuild it as a replica first, or clear the flag if you are sure"
         )
+    steps.refuse_if_fenced_on_disk(ctx, instance, action)
 
 
 def is_running(ctx: JobContext, instance: Instance) -> bool:
@@ -45,7 +48,7 @@ def _role_word(result: probe.ProbeResult) -> str:
 @operation(JobKind.START)
 def start(ctx: JobContext) -> str:
     instance = ctx.job.instance
-    refuse_if_unsafe(instance, "start")
+    refuse_if_unsafe(ctx, instance, "start")
     result, _error = try_probe(instance)
     if result is not None:
         record(instance, result)
@@ -63,6 +66,11 @@ def stop(ctx: JobContext) -> str:
     mode = ctx.job.params.get("mode", "fast")
     if mode not in commands.STOP_MODES:
         raise JobFailed(f"stop mode {mode!r} is not one of {', '.join(commands.STOP_MODES)}")
+    if instance.fenced:
+        # A fenced instance stays down: stopped at once, and kept from starting again.
+        steps.fence_on_server(ctx, instance)
+        record(instance, None, "stopped")
+        return f"{instance.label} is fenced: stopped and kept from starting (fence marker)"
     if not is_running(ctx, instance):
         record(instance, None, "stopped")
         return f"{instance.label} was already stopped: nothing to do"
@@ -89,7 +97,7 @@ def stop(ctx: JobContext) -> str:
 @operation(JobKind.RESTART)
 def restart(ctx: JobContext) -> str:
     instance = ctx.job.instance
-    refuse_if_unsafe(instance, "restart")
+    refuse_if_unsafe(ctx, instance, "restart")
     mode = ctx.job.params.get("mode", "fast")
     if mode not in commands.STOP_MODES:
         raise JobFailed(f"stop mode {mode!r} is not one of {', '.join(commands.STOP_MODES)}")
@@ -140,7 +148,7 @@ def promote(ctx: JobContext) -> str:
        recorded as primary is really down (asked live, not from the inventory);
     3. promote; 4. wait until it leaves recovery; 5. record it as primary, no upstream."""
     instance = ctx.job.instance
-    refuse_if_unsafe(instance, "promote")
+    refuse_if_unsafe(ctx, instance, "promote")
     result, error = try_probe(instance)
     if result is None:
         record(instance, None, error)

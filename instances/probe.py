@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg2
 from django.conf import settings
@@ -206,6 +207,17 @@ def set_primary_conninfo(hostname: str, port: int, conninfo: str) -> None:
     """Point a running replica at another upstream (PostgreSQL 13+: a reload suffices).
     The conninfo carries no password: the walreceiver reads ~postgres/.pgpass."""
     _run(hostname, port, "ALTER SYSTEM SET primary_conninfo = %s", [conninfo])
+    _run(hostname, port, "SELECT pg_reload_conf()")
+
+
+def postmaster_start(hostname: str, port: int) -> tuple[bool, datetime]:
+    """(in recovery?, when its PostgreSQL started)."""
+    row = _run(hostname, port, "SELECT pg_is_in_recovery(), pg_postmaster_start_time()")
+    return bool(row[0]), row[1]
+
+
+def reload(hostname: str, port: int) -> None:
+    """pg_reload_conf(): besides the configuration, wakes a standby's WAL replay."""
     _run(hostname, port, "SELECT pg_reload_conf()")
 
 

@@ -376,6 +376,12 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
             commands.start_conf_auto(start_conf),
             "let it start at boot again (start.conf: auto)",
         )
+    # It is a replica of the new primary now: the fence (if any) is lifted.
+    ctx.ssh(
+        instance.server,
+        commands.unfence(steps.fence_marker(instance), None),
+        "lift the fence (remove the fence marker)",
+    )
     steps.start(ctx, instance, "start as a replica")
     ctx.progress(90)
     steps.wait_streaming(ctx, instance, upstream)
@@ -395,6 +401,7 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
         streams_from=upstream.address,
         needs_rebuild=False,
         fenced=False,
+        fence_confirmed_at=None,
         rebuild_job=None,
         online=True,
         upstream_streaming=True,

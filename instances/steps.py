@@ -22,7 +22,7 @@ from instances.controldata import ControlData, ParseError, parse_controldata
 from instances.jobs.registry import JobFailed
 from instances.jobs.runner import JobContext
 from instances.models import Instance
-from instances.wal import int_to_lsn, lsn_to_int
+from instances.wal import EndOfWal, int_to_lsn, lsn_to_int
 
 T = TypeVar("T")
 
@@ -225,13 +225,22 @@ def wait_streaming(ctx: JobContext, replica: Instance, upstream: Instance) -> No
     )
 
 
-def wait_replayed(ctx: JobContext, instance: Instance, lsn: int) -> None:
-    """Until it has replayed past `lsn` (a switchover: the old primary's final checkpoint)."""
+def wait_replayed(
+    ctx: JobContext,
+    instance: Instance,
+    lsn: int,
+    *,
+    inclusive: bool = False,
+    timeout: float | None = None,
+) -> None:
+    """Until it has replayed past `lsn` (a switchover: the old primary's final checkpoint),
+    or up to it (`inclusive`: a salvage, up to the old primary's end of WAL)."""
+    limit = settings.ACTION_WAIT if timeout is None else timeout
 
     def check():
         result, error = try_probe(instance)
         replayed = lsn_to_int(result.replay_lsn) if result else None
-        if replayed is not None and replayed > lsn:
+        if replayed is not None and (replayed >= lsn if inclusive else replayed > lsn):
             return True, f"replayed {result.replay_lsn}"
         return None, (result.replay_lsn if result else None) or error or "no answer"
 
@@ -241,9 +250,11 @@ def wait_replayed(ctx: JobContext, instance: Instance, lsn: int) -> None:
         f"wait until {instance.label} replayed {int_to_lsn(lsn)}",
         check,
         interval=0.02,
+        timeout=limit,
         failure=lambda detail: (
-            f"{instance.label} did not replay the old primary's final checkpoint "
-            f"{int_to_lsn(lsn)} within {settings.ACTION_WAIT:.0f} s (at {detail})"
+            f"{instance.label} did not replay the old primary's "
+            f"{'end of WAL' if inclusive else 'final checkpoint'} "
+            f"{int_to_lsn(lsn)} within {limit:.0f} s (at {detail})"
         ),
     )
 
@@ -303,6 +314,85 @@ def start(ctx: JobContext, instance: Instance, name: str = "start") -> None:
     ctx.ssh(instance.server, command_for("start", instance), name)
 
 
+# --- fencing ------------------------------------------------------------------------------
+
+
+def fence_marker(instance: Instance) -> str:
+    return f"{instance.effective_data_dir.rstrip('/')}.elephaas-fenced"
+
+
+def refuse_if_fenced_on_disk(ctx: JobContext, instance: Instance, action: str) -> None:
+    """The fence marker beside its data directory holds even when the inventory's flag was
+    cleared by hand (and for the pg_ctl preset, which has no start.conf)."""
+    found = ctx.ssh(
+        instance.server,
+        ["cat", fence_marker(instance)],
+        "is it fenced on its server? (fence marker)",
+        check=False,
+    )
+    if found.exit_status == 0:
+        raise JobFailed(
+            f"{instance.label} is fenced on its server ({found.stdout.strip()}, "
+            f"{fence_marker(instance)}): refusing to {action} it; rebuild it as a replica, "
+            "which lifts the fence"
+        )
+
+
+def fence_on_server(ctx: JobContext, instance: Instance) -> ClusterState:
+    """Stop it (immediate) if it runs, keep it from starting (fence marker, start.conf
+    manual) and record the fence as confirmed. Returns the state it was found in. Raises
+    JobFailed when its server does not answer (nothing confirmed)."""
+    state = cluster_state(ctx, instance)
+    if state == ClusterState.RUNNING:
+        probe.forget_kept(instance.server.hostname, instance.port)
+        ctx.ssh(
+            instance.server,
+            command_for("stop", instance, mode="immediate"),
+            "stop it (immediate)",
+        )
+        if cluster_state(ctx, instance) == ClusterState.RUNNING:
+            raise JobFailed(f"{instance.label} still runs after an immediate stop")
+    ctx.ssh(
+        instance.server,
+        commands.fence(fence_marker(instance), ctx.job.pk, start_conf(instance)),
+        "keep it from starting (fence marker; start.conf: manual)",
+    )
+    now = timezone.now()
+    Instance.objects.filter(pk=instance.pk).update(
+        fenced=True, online=False, fence_confirmed_at=now, state_changed_at=now
+    )
+    return state
+
+
+def fencing_command(ctx: JobContext, instance: Instance) -> str:
+    """Its server does not answer: the environment's fencing command (STONITH: power it off
+    through IPMI or a cloud API), from FENCE_COMMANDS. Returns what happened, in words."""
+    environment = instance.server.environment.name
+    template = settings.FENCE_COMMANDS.get(environment) or settings.FENCE_COMMANDS.get("*")
+    if not template:
+        return f"no fencing command is configured for environment {environment}"
+    try:
+        argv = commands.build(
+            template,
+            {
+                "hostname": instance.server.hostname,
+                "port": instance.port,
+                "herd": instance.herd.name,
+                "environment": environment,
+                "instance": instance.label,
+            },
+        )
+    except commands.CommandTemplateError as exc:
+        return f"the fencing command for {environment} is wrong: {exc}"
+    status, output = ctx.local(
+        argv, f"fencing command for {instance.server.hostname}", timeout=settings.FENCE_TIMEOUT
+    )
+    last = output.strip().splitlines()[-1] if output.strip() else "no output"
+    if status == 0:
+        return f"fencing command succeeded ({last})"
+    return f"fencing command FAILED (exit {status}: {last})"
+
+
 # --- the control file ---------------------------------------------------------------------
 
 
@@ -345,7 +435,7 @@ def stop_and_read_checkpoint(ctx: JobContext, primary: Instance) -> int:
     return control.checkpoint_lsn
 
 
-def read_end_of_wal(ctx: JobContext, instance: Instance) -> tuple[int | None, str]:
+def read_end_of_wal(ctx: JobContext, instance: Instance) -> tuple[EndOfWal | None, str]:
     """Where a stopped (crashed, killed) cluster's WAL really ends, read from its data
     directory over SSH: its status, pg_controldata's REDO point, then pg_waldump from there
     to the first invalid record. (None, why) when it cannot be known: its server does not
@@ -380,7 +470,68 @@ def read_end_of_wal(ctx: JobContext, instance: Instance) -> tuple[int | None, st
             None,
             f"pg_waldump did not say where its WAL ends ({said[-1] if said else 'no output'})",
         )
-    return end, f"its WAL ends at {int_to_lsn(end)} (cluster state: {control.state})"
+    return (
+        EndOfWal(end, control.timeline, control.segment_size),
+        f"its WAL ends at {int_to_lsn(end)} (cluster state: {control.state})",
+    )
+
+
+def salvage_wal(
+    ctx: JobContext, source: Instance, target: Instance, end: EndOfWal, start: int
+) -> int:
+    """Bring the WAL a replica lacks from a stopped old primary's pg_wal into its own, and
+    wait until it has replayed it all: the old primary's end of WAL (`end`, read by
+    read_end_of_wal) becomes the replica's. Returns the bytes salvaged. Raises JobFailed
+    with why it is impossible (a segment recycled or unreadable, the copy failed, replay
+    stopped short); nothing is promoted here, so the caller can still refuse.
+
+    The copy runs on the replica's server over the servers' own SSH trust (rsync writes
+    each file aside and renames it, so replay never reads a half-copied segment, even the
+    one its WAL receiver was filling); a reload then wakes its startup process at once
+    instead of after wal_retrieve_retry_interval.
+    """
+    names = end.segments_from(start)
+    if not names:
+        return 0
+    wal_dir = f"{source.effective_data_dir}/pg_wal"
+    listing = ctx.ssh(
+        source.server,
+        ["ls", "-1", wal_dir],
+        f"list the old primary's pg_wal ({len(names)} segments needed)",
+    )
+    present = set(listing.stdout.split())
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise JobFailed(
+            f"segment {missing[0]} is no longer in {source.label}'s pg_wal (recycled or removed)"
+        )
+    rsync = commands.rsync_wal(
+        commands.ssh_transport(source.server.ssh_port),
+        commands.remote_path(source.server.ssh_user, source.server.hostname, wal_dir),
+        names,
+        f"{target.effective_data_dir}/pg_wal",
+    )
+    result = ctx.ssh(
+        target.server,
+        rsync,
+        f"copy {len(names)} WAL segments from {source.label} (salvage)",
+        check=False,
+        timeout=settings.SALVAGE_WAIT,
+    )
+    if result.exit_status != 0:
+        said = (result.stderr or result.stdout).strip().splitlines()
+        raise JobFailed(
+            f"copying the WAL from {source.label} failed (rsync exit {result.exit_status}: "
+            f"{said[-1] if said else 'no output'})"
+        )
+    with ctx.step(f"wake {target.label}'s WAL replay (reload)", target.address) as step:
+        try:
+            probe.reload(target.server.hostname, target.port)
+        except probe.ProbeError as exc:
+            raise JobFailed(f"{target.label} stopped answering ({exc})") from None
+        step.output = "reloaded"
+    wait_replayed(ctx, target, end.lsn, inclusive=True, timeout=settings.SALVAGE_WAIT)
+    return end.lsn - start
 
 
 # --- rewind and standby configuration -----------------------------------------------------

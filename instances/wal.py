@@ -7,6 +7,7 @@ plan, a job summary, a drill and an admin column all say "18.0 MB" the same way.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _LSN_RE = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z")
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
@@ -62,3 +63,41 @@ def wal_segment_number(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> i
         raise ValueError(f"not a WAL segment file name: {name!r}")
     per_xlogid = 0x100000000 // segment_size
     return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
+
+
+@dataclass(frozen=True)
+class EndOfWal:
+    """Where a stopped cluster's WAL ends (the first byte not written), on which timeline,
+    in segments of which size: what a salvage copies up to."""
+
+    lsn: int
+    timeline: int
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    def segments_from(self, start: int) -> list[str]:
+        return segments_between(self.timeline, start, self.lsn, self.segment_size)
+
+
+def segment_name(timeline: int, lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    """The WAL file holding byte `lsn` on `timeline`: TTTTTTTTXXXXXXXXYYYYYYYY."""
+    if not 1 <= timeline <= 0xFFFFFFFF:
+        raise ValueError(f"not a timeline: {timeline!r}")
+    if segment_size <= 0 or segment_size & (segment_size - 1) or segment_size > 1 << 30:
+        raise ValueError(f"not a WAL segment size: {segment_size!r}")
+    if lsn < 0 or lsn >= 1 << 64:
+        raise ValueError(f"an LSN is a 64-bit position, not {lsn}")
+    per_xlogid = 0x100000000 // segment_size
+    number = lsn // segment_size
+    return f"{timeline:08X}{number // per_xlogid:08X}{number % per_xlogid:08X}"
+
+
+def segments_between(
+    timeline: int, start: int, end: int, segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> list[str]:
+    """The WAL files of `timeline` that hold the bytes [start, end): what a replica at
+    `start` lacks of a WAL ending at `end` (the first byte not written). Empty when it
+    lacks nothing."""
+    if end <= start:
+        return []
+    first, last = start // segment_size, (end - 1) // segment_size
+    return [segment_name(timeline, n * segment_size, segment_size) for n in range(first, last + 1)]

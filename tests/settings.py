@@ -7,6 +7,7 @@ from the demo's worker.
 """
 
 import os
+import sys
 
 from elephaas.settings import *  # noqa: F403
 from elephaas.settings import DATABASES
@@ -24,3 +25,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 JOB_LOCK_WAIT = 3.0
 JOB_HEARTBEAT = 0.5
 JOB_LOST_AFTER = 10.0
+
+# The fencing hook of the lab's "prod" environment (the drill tests): it records what it
+# was asked to fence in the lab's log folder (tests/fence_hook.py), as an IPMI or cloud
+# power-off would be asked.
+FENCE_COMMANDS = {"prod": [sys.executable, "-m", "tests.fence_hook", "{hostname}", "{herd}"]}

@@ -25,6 +25,14 @@ class FailoverOptionsForm(ActionOptionsForm):
         help_text="Fail over even if the best replica may be further behind the old primary "
         "than the configured limit (ELEPHAAS_FAILOVER_MAX_LOSS_BYTES).",
     )
+    skip_salvage = forms.BooleanField(
+        required=False,
+        label="Skip the WAL salvage",
+        help_text="By default, when the old primary's server still answers SSH, the WAL the "
+        "chosen replica lacks is copied from the old primary's pg_wal and replayed before "
+        "the promotion (0 bytes lost). Tick to promote without it (faster; the loss rules "
+        "apply).",
+    )
 
 
 def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple[Herd, object]]:
@@ -35,7 +43,8 @@ def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple[Herd
 def drill_action(kind: str, title: str, what_happens: str, form_class=None):
     def action(modeladmin, request: HttpRequest, queryset: QuerySet[Herd]):
         accept = request.POST.get("accept_data_loss") == "on"
-        plans = _plans(queryset, kind, {"accept_data_loss": accept})
+        skip = request.POST.get("skip_salvage") == "on"
+        plans = _plans(queryset, kind, {"accept_data_loss": accept, "skip_salvage": skip})
         return confirm_and_queue(
             modeladmin,
             request,
@@ -65,7 +74,9 @@ failover_action = drill_action(
     JobKind.FAILOVER,
     "DR failover",
     "For each herd whose primary is down or unreachable: promote the most up-to-date replica "
-    "(ties: acknowledged DR candidate, then priority), after fencing the old primary, move "
+    "(ties: acknowledged DR candidate, then priority). Where the old primary's server still "
+    "answers SSH, its true end of WAL is read and the WAL the replica lacks is copied from "
+    "its pg_wal and replayed first (salvage: 0 bytes lost). Then fence the old primary, move "
     "DNS and point the other replicas at it. The old primary is marked as needing a "
     "rebuild. Each job plans again from a live check before it changes anything.",
     FailoverOptionsForm,

@@ -342,6 +342,7 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "rto",
         "dns_cutover",
         "data_lost",
+        "split_brain",
         "outcome",
         "job_link",
     )
@@ -350,7 +351,12 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_select_related = ("herd", "job")
     list_per_page = 100
     date_hierarchy = "started_at"
-    readonly_fields = [f.name for f in Drill._meta.fields] + ["rto", "dns_cutover", "data_lost"]
+    readonly_fields = [f.name for f in Drill._meta.fields] + [
+        "rto",
+        "dns_cutover",
+        "data_lost",
+        "split_brain",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -377,7 +383,26 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
             return "unknown"
         if not drill.data_lost_exact:
             return f"at least {format_bytes(drill.data_lost_bytes)} (true loss unknown)"
+        if drill.wal_salvaged_bytes:
+            return (
+                f"{format_bytes(drill.data_lost_bytes)} (salvaged "
+                f"{format_bytes(drill.wal_salvaged_bytes)} of WAL from the old primary)"
+            )
         return format_bytes(drill.data_lost_bytes)
+
+    @admin.display(description="split brain", ordering="split_brain_from")
+    def split_brain(self, drill: Drill) -> str:
+        if drill.split_brain_from is None:
+            return "—"
+        until = drill.split_brain_until
+        seconds = (until - drill.split_brain_from).total_seconds() if until else None
+        return format_html(
+            '<strong style="color:#ba2121">SPLIT BRAIN: the old primary took writes from '
+            "{} until {}{}</strong>",
+            drill.split_brain_from.strftime("%Y-%m-%d %H:%M:%S"),
+            until.strftime("%H:%M:%S") if until else "now",
+            f" ({seconds:.0f} s)" if seconds is not None else "",
+        )
 
     @admin.display(description="job")
     def job_link(self, drill: Drill) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import threading
 import time
 import traceback
@@ -341,6 +342,31 @@ class JobContext:
             step.ok = result.exit_status == 0 or not check
             step.output = _tail("\n".join(p for p in (result.stdout, result.stderr) if p))
             return result
+
+    def local(self, argv: Sequence[str], name: str, *, timeout: float) -> tuple[int | None, str]:
+        """Run a command on the controller itself (a fencing hook) as a recorded step:
+        (exit status or None when it could not run or timed out, its output). It never
+        raises for the command's own failure; the caller decides what it means."""
+        with self.step(name, "controller", quote_argv(argv)) as step:
+            try:
+                done = subprocess.run(
+                    list(argv),
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    stdin=subprocess.DEVNULL,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                step.ok, step.output = False, f"no answer within {timeout:.0f} s: killed"
+                return None, step.output
+            except OSError as exc:
+                step.ok, step.output = False, f"could not run it: {exc}"
+                return None, step.output
+            step.exit_status = done.returncode
+            step.ok = done.returncode == 0
+            step.output = _tail("\n".join(p for p in (done.stdout, done.stderr) if p))
+            return done.returncode, step.output
 
     def progress(self, percent: int) -> None:
         Job.objects.filter(pk=self.job.pk).update(progress=max(0, min(100, int(percent))))

@@ -134,6 +134,14 @@ class Instance(models.Model):
         help_text="Never start this instance or point a vhost at it (e.g. an old primary "
         "after a failover, until it is rebuilt).",
     )
+    fence_confirmed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="fence confirmed",
+        help_text="When a job last saw this fenced instance stopped on its server and kept "
+        "from starting (start.conf manual, fence marker). Blank while fenced: the fence is "
+        "only in the inventory, and the health sweep keeps trying to finish it.",
+    )
     needs_rebuild = models.BooleanField(
         default=False,
         help_text="Its data has diverged from the herd (e.g. an old primary); it must be "

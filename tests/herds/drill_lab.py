@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
 import threading
 import time
 
@@ -10,8 +13,10 @@ import psycopg2
 import pytest
 
 from herds.models import Herd
+from instances import probe
 from instances.jobs import queue, runner
 from instances.models import Instance, JobKind
+from instances.wal import lsn_to_int
 from lab import fleet
 from lab import herd as lab_herd
 from tests.factories import make_environment
@@ -110,3 +115,56 @@ def rediscover(hostname: str) -> None:
     runner.run_inline(
         queue.create_jobs(JobKind.DISCOVER, [Server.objects.get(hostname=hostname)], queue=False)
     )
+
+
+def stall_senders(lab) -> list[int]:
+    """SIGSTOP the primary's WAL senders: its replicas receive nothing more while it goes
+    on committing (a stalled network or WAL receiver)."""
+    conn = connect("127.0.1.1", lab)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_replication")
+        pids = [row[0] for row in cur.fetchall()]
+    conn.close()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def kill9(number: int) -> None:
+    """kill -9 the drill cluster's postmaster and every process it started, at once (a
+    crash: no shutdown checkpoint, nothing more sent)."""
+    pidfile = fleet.server_ns(number).folder / "lib" / "15" / "drill" / "postmaster.pid"
+    postmaster = int(pidfile.read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in [postmaster, *map(int, children)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in [postmaster, *map(int, children)]):
+        assert time.monotonic() < deadline, "the killed postgres processes did not exit"
+        time.sleep(0.02)
+
+
+def caught_up(lab, numbers=(2, 3), timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        sent = probe.probe("127.0.1.1", PORT).lsn
+        received = [probe.probe(f"127.0.1.{n}", PORT).receive_lsn for n in numbers]
+        if all(r and lsn_to_int(r) >= lsn_to_int(sent) for r in received):
+            return
+        assert time.monotonic() < deadline, "the replicas did not catch up"
+        time.sleep(0.05)
+
+
+def rows_on(host: str, lab, values: list[int]) -> int:
+    """How many of `values` the drill_rows table on `host` holds."""
+    conn = connect(host, lab)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM drill_rows WHERE v = ANY(%s)", [values])
+        found = cur.fetchone()[0]
+    conn.close()
+    return found

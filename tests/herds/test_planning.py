@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from herds.planning import (
@@ -176,3 +178,37 @@ def test_it_fails_over_a_herd_whose_primary_is_not_recorded():
         accept_loss=True,
     )
     assert plan.ok and plan.candidate.id == 2 and plan.dns_from == ""
+
+
+def test_a_failover_salvages_what_the_candidate_lacks_when_the_old_primarys_disk_answers():
+    down = member(1, "h1", answering=False)
+    behind = dataclasses.replace(
+        snap(down, member(2, "h2", lsn=0x5000), member(3, "h3", lsn=0x4000), end=0x5000 + 18 * MB),
+        salvage_possible=True,
+    )
+    plan = plan_failover(behind, max_loss_bytes=0)
+    # No tick needed: the loss is proved 0 once the salvage has replayed.
+    assert plan.ok and not plan.needs_accept_loss and plan.candidate.id == 2
+    assert (plan.data_loss_bytes, plan.loss_exact, plan.salvage_bytes) == (0, True, 18 * MB)
+    assert "0 bytes lost once the 18.0 MB of WAL it lacks is salvaged" in plan.sentence
+    assert plan.steps[0].startswith("copy the 18.0 MB of WAL db on h2:5432 lacks from db on h1")
+    assert "if that fails, plan again without it" in plan.steps[0]
+    assert plan.steps[1].startswith("fence db on h1:5432")
+    # Nothing to salvage: no salvage step.
+    caught_up = dataclasses.replace(behind, primary_end_of_wal=0x5000)
+    plan = plan_failover(caught_up, max_loss_bytes=0)
+    assert plan.ok and plan.salvage_bytes == 0 and plan.steps[0].startswith("fence")
+    # Salvage impossible (DBA skipped it, or it failed): the exact loss rules apply.
+    without = dataclasses.replace(behind, salvage_possible=False)
+    refused = plan_failover(without, max_loss_bytes=MB)
+    assert not refused.ok and "18.0 MB lost" in refused.sentence and not refused.salvage_bytes
+
+
+def test_no_salvage_without_the_old_primarys_end_of_wal():
+    down = member(1, "h1", answering=False)
+    unknown = dataclasses.replace(
+        snap(down, member(2, "h2", lsn=0x5000), known=0x6000), salvage_possible=True
+    )
+    plan = plan_failover(unknown, max_loss_bytes=MB, accept_loss=True)
+    assert plan.ok and not plan.salvage_bytes and not plan.loss_exact
+    assert "at least 4.0 kB lost" in plan.sentence

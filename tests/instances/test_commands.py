@@ -500,3 +500,41 @@ def test_it_refuses_rsync_specs_that_could_be_read_as_options():
     ):
         with pytest.raises(ValueError):
             commands.remote_path(user, host, "/x")
+
+
+def test_a_fence_marks_the_data_directory_and_holds_start_conf_until_a_rebuild_lifts_it(
+    tmp_path,
+):
+    start_conf = tmp_path / "c 1" / "start.conf"
+    start_conf.parent.mkdir()
+    start_conf.write_text("auto\n")
+    marker = tmp_path / "main; $(id).elephaas-fenced"
+    done = run(commands.fence(str(marker), 42, str(start_conf)))
+    assert done.returncode == 0 and "start.conf: manual" in done.stdout
+    assert marker.read_text() == "fenced: job 42\n" and start_conf.read_text() == "manual\n"
+    run(commands.fence(str(marker), 43, str(start_conf)))
+    assert marker.read_text() == "fenced: job 42\n"  # the first fence's record is kept
+    done = run(commands.unfence(str(marker), str(start_conf)))
+    assert not marker.exists() and start_conf.read_text() == "auto\n"
+    assert "fence marker removed" in done.stdout
+    # The pg_ctl preset has no start.conf: the marker alone.
+    assert run(commands.fence(str(marker), 44, None)).returncode == 0 and marker.exists()
+    assert run(commands.unfence(str(marker), None)).returncode == 0 and not marker.exists()
+
+
+def test_a_wal_salvage_copies_only_the_named_segments(tmp_path):
+    source, target = tmp_path / "old wal", tmp_path / "new wal"
+    source.mkdir()
+    target.mkdir()
+    names = ["000000010000000000000003", "000000010000000000000004"]
+    for name in [*names, "000000010000000000000005", "000000010000000000000002"]:
+        (source / name).write_text(f"full {name}")
+    (target / names[0]).write_text("half")  # the segment its WAL receiver was filling
+    argv = commands.rsync_wal("ssh -p 22", f"{source}/", names, str(target))
+    # Run it locally: the same argv with the local source path.
+    assert run(argv).returncode == 0
+    assert sorted(p.name for p in target.iterdir()) == names
+    assert (target / names[0]).read_text() == f"full {names[0]}"
+    for bad in ([], ["../../etc/passwd"], ["000000010000000000000003 --delete"], ["*"]):
+        with pytest.raises(ValueError):
+            commands.rsync_wal("ssh", "u@h:/x/", bad, "/y")

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from instances.wal import bytes_between, format_bytes, int_to_lsn, lsn_to_int, wal_segment_number
+from instances.wal import (
+    EndOfWal,
+    bytes_between,
+    format_bytes,
+    int_to_lsn,
+    lsn_to_int,
+    segment_name,
+    segments_between,
+    wal_segment_number,
+)
 
 MB = 1024 * 1024
 
@@ -77,3 +86,30 @@ def test_it_numbers_wal_segments_across_log_files():
     for bad in ("00000001000000000000000", "00000001000000000000000g", "../../etc/passwd"):
         with pytest.raises(ValueError):
             wal_segment_number(bad)
+
+
+def test_segment_names_follow_postgresql_naming():
+    assert segment_name(1, 0) == "000000010000000000000000"
+    assert segment_name(1, 0x3953A18) == "000000010000000000000003"
+    assert segment_name(0x1A, 0x1_FF000000) == "0000001A00000001000000FF"
+    assert segment_name(2, 0x1_00000000, 64 * 1024 * 1024) == "000000020000000100000000"
+    for bad in ((0, 1), (-1, 1), (1 << 32, 1)):
+        with pytest.raises(ValueError):
+            segment_name(*bad)
+    with pytest.raises(ValueError, match="segment size"):
+        segment_name(1, 0, 3 * 1024 * 1024)
+
+
+def test_a_salvage_copies_the_segments_from_the_replicas_position_to_the_end():
+    # The replica received up to 0/33B0000 of a WAL that ends at 0/3953A18.
+    assert segments_between(1, 0x33B0000, 0x3953A18) == ["000000010000000000000003"]
+    assert segments_between(1, 0x2FFFFFF, 0x4000001) == [
+        "000000010000000000000002",
+        "000000010000000000000003",
+        "000000010000000000000004",
+    ]
+    # An end exactly on a segment boundary: the next segment holds nothing of it.
+    assert segments_between(1, 0x2000000, 0x3000000) == ["000000010000000000000002"]
+    assert segments_between(1, 0x3953A18, 0x3953A18) == []
+    assert segments_between(1, 0x4000000, 0x3953A18) == []
+    assert EndOfWal(0x3953A18, 1).segments_from(0x33B0000) == ["000000010000000000000003"]
