@@ -159,6 +159,9 @@ REPLICATION_USER = envstr("ELEPHAAS_REPLICATION_USER", "replicator")
 FAILOVER_MAX_LOSS_BYTES = envint("ELEPHAAS_FAILOVER_MAX_LOSS_BYTES", 1024 * 1024, 0)
 # A failover whose old primary's disk still answers SSH copies the WAL the candidate lacks
 # from it (salvage) and waits this long, at most, for the copy and its replay.
+# Switchover and failover confirmation pages probe every member of the selected herds live,
+# each bounded by this many seconds (connect and query).
+CONFIRM_PROBE_TIMEOUT = envfloat("ELEPHAAS_CONFIRM_PROBE_TIMEOUT", 2.0, 1)
 SALVAGE_WAIT = envfloat("ELEPHAAS_SALVAGE_WAIT", 60.0, 1)
 # Fencing an old primary whose server does not answer: a command run on the controller per
 # environment name ("*": every other), e.g. in local_settings.py

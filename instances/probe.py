@@ -68,6 +68,7 @@ def connect(
     *,
     statement_timeout: float | None = None,
     application_name: str = "elephaas",
+    connect_timeout: int | None = None,
 ):
     """A connection to a managed instance; `statement_timeout` (seconds) bounds each query
     on the server side, for callers that must answer within a deadline (health polling)."""
@@ -86,7 +87,7 @@ def connect(
             dbname=dbname or settings.PG_PROBE_DATABASE,
             user=settings.PG_PROBE_USER,
             password=settings.PG_PROBE_PASSWORD or None,
-            connect_timeout=settings.PG_PROBE_CONNECT_TIMEOUT,
+            connect_timeout=connect_timeout or settings.PG_PROBE_CONNECT_TIMEOUT,
             application_name=application_name,
             **extra,
         )
@@ -123,7 +124,12 @@ def forget_kept(hostname: str, port: int) -> None:
 
 
 def probe(
-    hostname: str, port: int, *, statement_timeout: float | None = None, keep: bool = False
+    hostname: str,
+    port: int,
+    *,
+    statement_timeout: float | None = None,
+    keep: bool = False,
+    connect_timeout: int | None = None,
 ) -> ProbeResult:
     """One look at an instance. `keep`: reuse and keep an idle connection (health sweeps);
     a kept connection that fails is replaced once by a fresh one (the query only reads)."""
@@ -134,6 +140,7 @@ def probe(
         port,
         statement_timeout=statement_timeout,
         application_name=KEPT_APPLICATION_NAME if keep else "elephaas",
+        connect_timeout=connect_timeout,
     )
     try:
         conn.autocommit = True

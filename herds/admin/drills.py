@@ -1,8 +1,9 @@
 """Switchover and failover admin actions: the plan for each herd, then one job per herd.
 
-The confirmation page plans from the inventory alone (herds.snapshot: what the last health
-check recorded, no probe); the job plans again from a live snapshot before it touches
-anything, and refuses if the herd's primary is no longer the one shown here.
+The confirmation page plans from a live probe of every member (herds.live: bounded by
+CONFIRM_PROBE_TIMEOUT, each member marked "live" or "last seen N s ago"); the job plans
+again from its own live snapshot before it touches anything, and refuses if the herd's
+primary is no longer the one shown here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from herds import snapshot
+from herds import live, snapshot
 from herds.models import Herd
 from instances.admin.action_forms import ActionOptionsForm
 from instances.admin.actions import confirm_and_queue
@@ -35,9 +36,8 @@ class FailoverOptionsForm(ActionOptionsForm):
     )
 
 
-def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple[Herd, object]]:
-    herds = list(queryset.select_related("environment"))
-    return [(herd, snapshot.from_inventory(herd, kind, params)) for herd in herds]
+def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple]:
+    return live.plans(list(queryset.select_related("environment")), kind, params)
 
 
 def drill_action(kind: str, title: str, what_happens: str, form_class=None):
@@ -48,7 +48,7 @@ def drill_action(kind: str, title: str, what_happens: str, form_class=None):
         return confirm_and_queue(
             modeladmin,
             request,
-            [herd for herd, _ in plans],
+            [herd for herd, _, _ in plans],
             kind=kind,
             title=title,
             what_happens=what_happens,

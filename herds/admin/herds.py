@@ -346,7 +346,12 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "outcome",
         "job_link",
     )
-    list_filter = ("kind", "herd__environment", "herd")
+    list_filter = (
+        "kind",
+        "herd__environment",
+        "herd",
+        ("split_brain_from", admin.EmptyFieldListFilter),
+    )
     search_fields = ("herd__name", "requested_by_name", "old_primary", "new_primary")
     list_select_related = ("herd", "job")
     list_per_page = 100

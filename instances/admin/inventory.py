@@ -274,6 +274,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         display.ReplicationListFilter,
         "pg_version",
         "fenced",
+        ("fence_confirmed_at", admin.EmptyFieldListFilter),
         "needs_rebuild",
     )
     search_fields = ("herd__name", "server__hostname", "herd__vhost")

@@ -1,7 +1,8 @@
 """The fleet at a glance, on the admin index: counts that link to the filtered lists.
 
-Three queries whatever the fleet size: one aggregate over instances, one over jobs, one
-count of split-brain herds (tests/instances/test_dashboard.py holds this).
+Four queries whatever the fleet size: one aggregate over instances, one over jobs, one
+count of split-brain herds, one of split brains found by fence jobs in the last week
+(tests/instances/test_dashboard.py holds this).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from django.db.models import Count, Max, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from herds.models import Herd
+from herds.models import Drill, Herd
 from instances.admin.jobs import STATE_COLOURS
 from instances.choices import ReplicationHealth, Role
 from instances.health_rules import replication_q
@@ -28,6 +29,7 @@ register = template.Library()
 RED, ORANGE, GREY = "#ba2121", "#e65100", "#777"
 ERRORED_COLOUR = STATE_COLOURS[JobState.ERRORED]
 FAILED_WINDOW = timedelta(hours=24)
+SPLIT_BRAIN_WINDOW = timedelta(days=7)
 # Health polling is late when its last check is older than this many intervals.
 STALE_INTERVALS = 3
 
@@ -60,6 +62,7 @@ def fleet_counts(now: datetime | None = None) -> dict[str, Any]:
         lagging=Count("pk", filter=replication_q(ReplicationHealth.LAGGING)),
         not_streaming=Count("pk", filter=replication_q(ReplicationHealth.NOT_STREAMING)),
         upstream_gone=Count("pk", filter=replication_q(ReplicationHealth.UPSTREAM_GONE)),
+        fence_unconfirmed=Count("pk", filter=Q(fenced=True, fence_confirmed_at__isnull=True)),
         last_check=Max("last_checked"),
     )
     # Aliases must not shadow the fields the filters read (`online`): prefix them.
@@ -80,6 +83,10 @@ def fleet_counts(now: datetime | None = None) -> dict[str, Any]:
         )
     )
     counted["split_brain"] = Herd.objects.split_brain().count()
+    counted["split_brain_since"] = (now - SPLIT_BRAIN_WINDOW).replace(microsecond=0)
+    counted["split_brain_found"] = Drill.objects.filter(
+        split_brain_from__gte=counted["split_brain_since"]
+    ).count()
     counted["failed_since"] = failed_since
     return counted
 
@@ -154,7 +161,24 @@ def fleet_dashboard(context: template.Context) -> dict[str, Any]:
                         c["split_brain"],
                         _url(herds, online_primary_count__gt=1),
                         RED,
-                    )
+                    ),
+                    Figure(
+                        "split_brain_found",
+                        "split brains found by a fence job in the last 7 days",
+                        c["split_brain_found"],
+                        _url(
+                            "admin:herds_drill_changelist",
+                            split_brain_from__gte=c["split_brain_since"].isoformat(sep=" "),
+                        ),
+                        RED,
+                    ),
+                    Figure(
+                        "fence_unconfirmed",
+                        "fences not yet confirmed (server not reached since the failover)",
+                        c["fence_unconfirmed"],
+                        _url(instances, fenced__exact=1, fence_confirmed_at__isempty=1),
+                        ORANGE,
+                    ),
                 ],
             )
         )

@@ -42,31 +42,57 @@ def herd():
     return herd, primary
 
 
-def test_it_shows_the_switchover_plan_then_queues_one_job_per_herd(admin_client, herd):
-    shop, primary = herd
-    page = admin_client.post(URL, {"action": "switchover_herds", "_selected_action": [shop.pk]})
+@pytest.mark.lab
+@pytest.mark.django_db(transaction=True)
+def test_it_plans_a_switchover_from_live_facts_then_queues_one_job_per_herd(admin_client, drill):
+    from tests.herds.drill_lab import PORT, instances
+
+    primary = instances(drill)["127.0.1.1"]
+    page = admin_client.post(URL, {"action": "switchover_herds", "_selected_action": [drill.pk]})
     assert page.status_code == 200
     text = page.content.decode()
-    assert (
-        "switch shop over to shop on 127.0.1.253:5432: the replica with the highest "
-        "replayed LSN, replayed 0/5000000, 0 bytes behind the primary&#x27;s 0/5000000"
-    ) in text
-    assert "<code>shop</code> from <code>127.0.1.251</code> to <code>127.0.1.253</code>" in text
+    assert "switch drill over to drill on 127.0.1." in text and "0 bytes behind" in text
+    for n in (1, 2, 3):
+        assert (
+            f'<li>drill on 127.0.1.{n}:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
+        )
+    assert f"<code>{drill.vhost}</code> from <code>127.0.1.1</code> to <code>127.0.1." in text
     response = admin_client.post(
-        URL, {"action": "switchover_herds", "confirm": "yes", "_selected_action": [shop.pk]}
+        URL, {"action": "switchover_herds", "confirm": "yes", "_selected_action": [drill.pk]}
     )
     assert response.status_code == 302
-    [job] = Job.objects.all()
-    assert job.kind == JobKind.SWITCHOVER and job.herd == shop
-    assert job.params == {"expected_primary_id": primary.pk}
+    [job] = Job.objects.filter(kind=JobKind.SWITCHOVER)
+    assert job.herd == drill and job.params == {"expected_primary_id": primary.pk}
+    Job.objects.filter(pk=job.pk).delete()  # not run: no worker in this test
 
 
-def test_it_shows_a_failover_refusal_while_the_primary_is_recorded_up(admin_client, herd):
-    shop, _primary = herd
-    page = admin_client.post(URL, {"action": "failover_herds", "_selected_action": [shop.pk]})
+@pytest.mark.lab
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_page_says_which_facts_are_live_and_which_were_last_seen(admin_client, drill):
+    import time
+
+    from tests.herds.drill_lab import PORT, stop
+
+    page = admin_client.post(URL, {"action": "failover_herds", "_selected_action": [drill.pk]})
     text = page.content.decode()
-    assert "refused: the primary shop on 127.0.1.251:5432 is up and answering" in text
-    assert "Accept data loss" in text
+    # The primary answers now: refused, from a live fact.
+    assert f"refused: the primary drill on 127.0.1.1:{PORT} is up and answering" in text
+    assert "Accept data loss" in text and "Skip the WAL salvage" in text
+    # Its PostgreSQL goes down; the inventory still says it was up at the last check.
+    stop(1, "immediate")
+    started = time.monotonic()
+    page = admin_client.post(URL, {"action": "failover_herds", "_selected_action": [drill.pk]})
+    elapsed = time.monotonic() - started
+    text = page.content.decode()
+    assert page.status_code == 200 and elapsed < 5, elapsed
+    assert "is up and answering" not in text
+    assert f'<li>drill on 127.0.1.1:{PORT}: <strong style="color:#ba2121">no answer now (' in text
+    assert "last seen answering " in text and " s ago</strong>" in text
+    assert f'<li>drill on 127.0.1.2:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
+    # A lower bound only, so refused without the tick; the page says what the job reads.
+    assert "(primary last seen at " in text and "the true loss is unknown" in text
+    assert "It first reads the old primary's end of WAL over SSH" in text
+    assert not Job.objects.filter(kind=JobKind.FAILOVER).exists()
 
 
 def test_it_refuses_a_forged_failover_post_from_an_operator(client, django_user_model, herd):

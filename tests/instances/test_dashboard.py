@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from herds.models import Herd
+from herds.models import Drill, Herd
 from instances.admin.display import (
     ReplicationListFilter,
     herd_health_annotations,
@@ -73,8 +73,22 @@ def build_fleet() -> None:
     make_instance(herd=herd, upstream=primary, online=False, lag_bytes=50 * MB)
     # a herd whose primary is down: its replica's upstream is gone
     herd = make_herd(environment=environment)
-    down = make_instance(herd=herd, role=Role.PRIMARY, online=False)
+    down = make_instance(herd=herd, role=Role.PRIMARY, online=False, fenced=True)
     make_instance(herd=herd, upstream=down, online=True, upstream_streaming=False)
+    # its failover: the fence not confirmed yet; and an older one whose fence job found a
+    # split brain (the old primary took writes for a minute)
+    for started, found in ((now - timedelta(hours=3), True), (now - timedelta(days=9), True)):
+        job = Job.objects.create(
+            kind=JobKind.FAILOVER, herd=herd, state=JobState.SUCCEEDED, finished_at=started
+        )
+        Drill.objects.create(
+            job=job,
+            herd=herd,
+            kind=JobKind.FAILOVER,
+            started_at=started,
+            split_brain_from=started + timedelta(minutes=5) if found else None,
+            split_brain_until=started + timedelta(minutes=6) if found else None,
+        )
     # split-brain: two online primaries
     herd = make_herd(environment=environment)
     make_instance(herd=herd, role=Role.PRIMARY, online=True)
@@ -126,6 +140,8 @@ def test_it_shows_the_fleet_at_a_glance(admin_client):
         "not_streaming": 1,
         "upstream_gone": 1,
         "split_brain": 1,
+        "split_brain_found": 1,
+        "fence_unconfirmed": 1,
         "jobs_running": 1,
         "jobs_failed": 1,
         "jobs_errored": 1,
