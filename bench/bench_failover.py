@@ -125,10 +125,13 @@ class Bench:
         lab_herd.drop(NAME)
 
 
-def crash_behind(mb: int) -> list[int]:
-    """Fresh herd, a committing client, stalled WAL senders, `mb` MB more, kill -9."""
+def crash_behind(mb: int, inventory: bool) -> list[int]:
+    """Fresh herd (in the inventory too when ElepHaaS fails it over), a committing client,
+    stalled WAL senders, `mb` MB more, kill -9."""
     lab_herd.drop(NAME)
     lab_herd.create(NAME, primary=1, replicas=[2, 3], port=PORT)
+    if inventory:
+        BENCH.inventory()
     writer = Writer()
     conn = connect("127.0.1.1")
     with conn.cursor() as cur:
@@ -159,11 +162,15 @@ def crash_behind(mb: int) -> list[int]:
     children = subprocess.run(
         ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
     ).stdout.split()
-    for pid in [postmaster, *map(int, children)]:
+    pids = [postmaster, *map(int, children)]
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 10  # gone, not a zombie that pg_ctl takes for running
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
     writer.join(timeout=30)
     time.sleep(0.2)
     return writer.acked
@@ -192,9 +199,9 @@ def best_replica() -> str:
 
 
 def elephaas_round(mb: int, salvage: bool) -> dict:
-    acked = crash_behind(mb)
+    acked = crash_behind(mb, inventory=True)
     bench = BENCH
-    herd = bench.inventory()
+    herd = Herd.objects.get(name=NAME)
     params = {"skip_salvage": not salvage, "accept_data_loss": not salvage}
     primary = Instance.objects.get(herd=herd, server__hostname="127.0.1.1")
     params["expected_primary_id"] = primary.pk
@@ -206,7 +213,8 @@ def elephaas_round(mb: int, salvage: bool) -> dict:
         time.sleep(0.05)
         job.refresh_from_db()
     if job.state != JobState.SUCCEEDED:
-        sys.exit(f"bench: failover #{job.pk} {job.state}: {job.error}")
+        steps = "\n".join(f"  {s.name}: {s.output[:300]}" for s in job.steps.order_by("seq"))
+        sys.exit(f"bench: failover #{job.pk} {job.state}: {job.error}\n{steps}")
     drill = Drill.objects.get(job=job)
     salvage_seconds = sum(
         s.duration or 0
@@ -233,7 +241,7 @@ def run_in(number: int, argv: list[str]) -> subprocess.CompletedProcess:
 
 def by_hand_round(mb: int) -> dict:
     """The floor: the same salvage typed by a DBA who knows exactly what to do."""
-    acked = crash_behind(mb)
+    acked = crash_behind(mb, inventory=False)
     started = time.monotonic()
     control = parse_controldata(run_in(1, [f"{BIN}/pg_controldata", "-D", DATA]).stdout)
     dump = run_in(
