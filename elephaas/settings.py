@@ -125,9 +125,23 @@ HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)
 HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 32, 1, 1024)
 HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
 HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
+# The broker only rings the bell; the jobs table is the queue of record. A request waits
+# at most this long for the broker to take a job; the outbox sweep (every OUTBOX_INTERVAL
+# seconds, and when a worker starts) sends again what it did not take after OUTBOX_AFTER
+# seconds, and what is still unclaimed OUTBOX_RESEND seconds after it was sent.
+BROKER_PUBLISH_TIMEOUT = envfloat("ELEPHAAS_BROKER_PUBLISH_TIMEOUT", 1.0, 0.1)
+OUTBOX_INTERVAL = envfloat("ELEPHAAS_OUTBOX_INTERVAL", 5.0, 1)
+OUTBOX_AFTER = envfloat("ELEPHAAS_OUTBOX_AFTER", 3.0, 0)
+OUTBOX_RESEND = envfloat("ELEPHAAS_OUTBOX_RESEND", 120.0, 10)
+OUTBOX_BATCH = envint("ELEPHAAS_OUTBOX_BATCH", 500, 1)
 CELERY_BEAT_SCHEDULE = {
     "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
     "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
+    "send-waiting-jobs": {
+        "task": "instances.send_waiting_jobs",
+        "schedule": OUTBOX_INTERVAL,
+        "options": {"expires": OUTBOX_INTERVAL},
+    },
 }
 
 # --- SSH to managed servers -------------------------------------------------------------

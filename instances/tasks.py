@@ -7,7 +7,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from instances import health
-from instances.jobs import runner
+from instances.jobs import queue, runner
 
 
 @shared_task(
@@ -39,7 +39,15 @@ def poll_health() -> dict:
     return health.sweep().as_dict()
 
 
+@shared_task(name="instances.send_waiting_jobs")
+def send_waiting_jobs() -> int:
+    """The outbox sweep: queued jobs the broker never took, sent again."""
+    return queue.send_waiting()
+
+
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
-    """A restarted worker fails the jobs its dead predecessor on this host left running."""
+    """A restarted worker fails the jobs its dead predecessor on this host left running,
+    and sends what waited for the broker while no worker could take it."""
     runner.reap_lost_jobs(this_host_only=True)
+    queue.send_waiting()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db import transaction
@@ -79,6 +80,16 @@ def confirm_and_queue(
                 ),
                 messages.SUCCESS,
             )
+            waiting = [j for j in created if getattr(j, "sent", True) is False]
+            if waiting:
+                modeladmin.message_user(
+                    request,
+                    f"The broker did not answer within {settings.BROKER_PUBLISH_TIMEOUT:g} s: "
+                    f"{len(waiting)} of these job(s) wait in the jobs table and will be sent "
+                    "as soon as the broker answers (within a few seconds of it coming back). "
+                    "Do not queue them again.",
+                    messages.WARNING,
+                )
         return None
     context = {
         **modeladmin.admin_site.each_context(request),

@@ -127,6 +127,7 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "error",
         "traceback_pre",
         "task_id",
+        "sent_at",
         "worker",
         "cancel_requested",
         "cancel_requested_by",
@@ -159,6 +160,7 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
                 "classes": ["collapse"],
                 "fields": [
                     "task_id",
+                    "sent_at",
                     "worker",
                     "cancel_requested",
                     "cancel_requested_by",
@@ -180,6 +182,8 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="state", ordering="state")
     def state_colour(self, job: Job) -> str:
+        if job.state == JobState.QUEUED and job.dispatch_note:
+            return format_html("{} — {}", state_badge(job.state), job.dispatch_note)
         return state_badge(job.state)
 
     @admin.display(description="seconds")

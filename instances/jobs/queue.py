@@ -8,15 +8,21 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import timedelta
 
 from celery import current_app
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from instances.jobs.registry import JobFailed
 from instances.models import Instance, Job, JobOrigin, JobState, Server
 
 audit = logging.getLogger("elephaas.audit")
+log = logging.getLogger("elephaas.jobs")
 
 # The task the worker runs for every job (instances.tasks.run_job), named rather than
 # imported: the tasks module sits above the runner.
@@ -44,9 +50,11 @@ def create_jobs(
     origin: str = JobOrigin.ADMIN,
     queue: bool = True,
 ) -> list[Job]:
-    """One queued job per target, sharing a batch id; enqueued when the transaction commits
-    (`queue=False`: the caller runs them itself with run_inline). `params_for(target)` adds
-    per-target options (e.g. the primary the DBA saw on the confirmation page)."""
+    """One queued job per target, sharing a batch id; handed to the broker when the
+    transaction commits (`queue=False`: the caller runs them itself with run_inline).
+    `params_for(target)` adds per-target options (e.g. the primary the DBA saw on the
+    confirmation page). After the commit each job's `sent` says whether the broker took
+    it; one it did not take stays queued, with a note, for the outbox sweep."""
     batch = uuid.uuid4()
     name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
     jobs = []
@@ -64,16 +72,87 @@ def create_jobs(
             )
             jobs.append(job)
             audit.info("queued job #%s %s on %s for %s", job.pk, kind, job.target_label, name)
-            if queue:
-                enqueue(job)
+        if queue and jobs:
+            transaction.on_commit(lambda: publish(jobs))
     return jobs
 
 
 def enqueue(job: Job) -> None:
-    job_id, task_id = job.pk, job.task_id
-    transaction.on_commit(
-        lambda: current_app.send_task(RUN_JOB_TASK, args=[job_id], task_id=task_id)
+    transaction.on_commit(lambda: publish([job]))
+
+
+# Publishing runs in these threads so that a request never waits on the broker longer
+# than BROKER_PUBLISH_TIMEOUT, even when Redis hangs (SIGSTOP, a dead network) rather
+# than refuses; a thread stuck on a hung broker finishes its send when the broker comes
+# back (the claim makes that duplicate harmless).
+_publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="elephaas-publish")
+
+WAITING_NOTE = "waiting for the broker: it will be sent when the broker answers"
+
+
+def _send(job_id: int, task_id: str) -> None:
+    # One quick retry: it reconnects a pooled connection the broker's restart broke.
+    current_app.send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        task_id=task_id,
+        retry=True,
+        retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},
     )
+
+
+def publish(jobs: list[Job]) -> int:
+    """Hand queued jobs to the broker, each within BROKER_PUBLISH_TIMEOUT; after the first
+    refusal or timeout the rest are not tried (the broker is down: one timeout per batch,
+    not per job). Records sent_at or the waiting note; sets `job.sent`. Returns how many
+    the broker took."""
+    sent = 0
+    down = ""
+    for job in jobs:
+        job.sent = False
+        if not down:
+            future = _publisher.submit(_send, job.pk, job.task_id)
+            try:
+                future.result(timeout=settings.BROKER_PUBLISH_TIMEOUT)
+            except FutureTimeout:
+                down = f"no answer within {settings.BROKER_PUBLISH_TIMEOUT:g} s"
+            except Exception as exc:  # noqa: BLE001 - kombu/redis raise many kinds
+                down = f"{type(exc).__name__}: {exc}"[:120]
+            else:
+                job.sent = True
+                sent += 1
+                Job.objects.filter(pk=job.pk).update(sent_at=timezone.now(), dispatch_note="")
+                continue
+        Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(dispatch_note=WAITING_NOTE)
+    if down:
+        log.warning(
+            "broker did not take %d job(s) (%s): they wait in the jobs table for the outbox sweep",
+            len(jobs) - sent,
+            down,
+        )
+    return sent
+
+
+def send_waiting() -> int:
+    """The outbox sweep (beat, and each worker when it starts): send again the jobs that
+    are queued, not cancelled, and either never reached the broker (older than
+    OUTBOX_AFTER seconds) or were sent more than OUTBOX_RESEND seconds ago and are still
+    unclaimed (a broker that lost its messages). Returns how many the broker took."""
+    now = timezone.now()
+    waiting = list(
+        Job.objects.filter(state=JobState.QUEUED, cancel_requested=False)
+        .filter(
+            Q(sent_at__isnull=True, created_at__lt=now - timedelta(seconds=settings.OUTBOX_AFTER))
+            | Q(sent_at__lt=now - timedelta(seconds=settings.OUTBOX_RESEND))
+        )
+        .order_by("pk")
+        .only("pk", "task_id")[: settings.OUTBOX_BATCH]
+    )
+    if not waiting:
+        return 0
+    sent = publish(waiting)
+    log.info("outbox sweep: %d of %d waiting job(s) sent", sent, len(waiting))
+    return sent
 
 
 def cancel(job: Job, user) -> str:

@@ -83,6 +83,17 @@ class Job(models.Model):
     error = models.TextField(blank=True, help_text="One line: what failed, where, what to do.")
     traceback = models.TextField(blank=True, help_text="Kept for unexpected errors only.")
     task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # The jobs table is the queue of record; the broker only rings the bell. A job the
+    # broker did not take is sent again by the outbox sweep (instances.jobs.queue).
+    sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was last handed to the broker."
+    )
+    dispatch_note = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Why a queued job has not reached a worker yet (e.g. the broker did not "
+        "answer); cleared once the broker takes it.",
+    )
     worker = models.CharField(max_length=255, blank=True, help_text="host:pid that ran it.")
     cancel_requested = models.BooleanField(default=False)
     cancel_requested_by = models.CharField(max_length=150, blank=True)

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from django import template
 from django.conf import settings
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, Min, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -30,6 +30,8 @@ RED, ORANGE, GREY = "#ba2121", "#e65100", "#777"
 ERRORED_COLOUR = STATE_COLOURS[JobState.ERRORED]
 FAILED_WINDOW = timedelta(hours=24)
 SPLIT_BRAIN_WINDOW = timedelta(days=7)
+# Queued jobs the broker did not take when they were created (queue.publish's note).
+WAITING_Q = Q(state=JobState.QUEUED, dispatch_note__gt="")
 # Health polling is late when its last check is older than this many intervals.
 STALE_INTERVALS = 3
 
@@ -80,6 +82,8 @@ def fleet_counts(now: datetime | None = None) -> dict[str, Any]:
             jobs_errored=Count(
                 "pk", filter=Q(state=JobState.ERRORED, finished_at__gte=failed_since)
             ),
+            jobs_waiting=Count("pk", filter=WAITING_Q),
+            waiting_since=Min("created_at", filter=WAITING_Q),
         )
     )
     counted["split_brain"] = Herd.objects.split_brain().count()
@@ -217,6 +221,24 @@ def fleet_dashboard(context: template.Context) -> dict[str, Any]:
                     ),
                 ],
             )
+        )
+    if c["jobs_waiting"] and user.has_perm("instances.view_job"):
+        since = timezone.localtime(c["waiting_since"]).strftime("%H:%M:%S")
+        rows.insert(
+            0,
+            (
+                "Broker",
+                [
+                    Figure(
+                        "jobs_waiting",
+                        f"job(s) waiting: broker unreachable since {since} (they are sent "
+                        "as soon as it answers)",
+                        c["jobs_waiting"],
+                        _url(jobs, state__exact="queued", dispatch_note__gt=""),
+                        RED,
+                    )
+                ],
+            ),
         )
     last_check = c["last_check"]
     stale_after = timedelta(seconds=STALE_INTERVALS * settings.HEALTH_INTERVAL)

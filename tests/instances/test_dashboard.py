@@ -22,6 +22,7 @@ from instances.admin.display import (
 )
 from instances.choices import ReplicationHealth, Role
 from instances.health_rules import replication_health, replication_q
+from instances.jobs.queue import WAITING_NOTE
 from instances.models import Instance, Job, JobKind, JobState
 from tests.factories import make_environment, make_herd, make_instance, make_server
 
@@ -104,6 +105,10 @@ def build_fleet() -> None:
         (JobState.SUCCEEDED, now - timedelta(hours=1)),
     ):
         Job.objects.create(kind=JobKind.DISCOVER, server=server, state=state, finished_at=finished)
+    # one the broker did not take (it was down when the job was queued)
+    Job.objects.create(
+        kind=JobKind.DISCOVER, server=server, state=JobState.QUEUED, dispatch_note=WAITING_NOTE
+    )
 
 
 def grow_fleet(instances: int) -> None:
@@ -145,6 +150,7 @@ def test_it_shows_the_fleet_at_a_glance(admin_client):
         "jobs_running": 1,
         "jobs_failed": 1,
         "jobs_errored": 1,
+        "jobs_waiting": 1,
     }
     # The app list is still there, below.
     assert page.index('id="fleet-dashboard"') < page.index("app-instances")
