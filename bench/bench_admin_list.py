@@ -134,10 +134,13 @@ def populate(environments: int, servers: int, herds: int) -> int:
 def clear_fleet() -> None:
     from django.db import connection
 
+    # CASCADE: jobs, their steps, drills and health rows reference these tables; this is the
+    # scratch database (BENCH_DATABASE), never the inventory, so whatever references the
+    # fleet goes with it.
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE herds_drcandidate, instances_instance, instances_server, herds_herd, "
-            "herds_environment RESTART IDENTITY"
+            "herds_environment RESTART IDENTITY CASCADE"
         )
 
 
