@@ -599,6 +599,24 @@ fi
 """
 
 
+# Is the postmaster of a data directory a zombie (killed, not yet reaped by its parent)?
+# pg_ctl's status takes any pid that exists for a running server; a zombie writes nothing.
+_POSTMASTER_ZOMBIE = r"""
+pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null)
+case "$pid" in ''|*[!0-9]*) echo "no postmaster.pid"; exit 0;; esac
+state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+case "$state" in
+  Z) echo "zombie $pid";;
+  '') echo "gone $pid";;
+  *) echo "alive $pid";;
+esac
+"""
+
+
+def postmaster_zombie(data_dir: str) -> list[str]:
+    return _sh(_POSTMASTER_ZOMBIE, data_dir)
+
+
 def fence(marker: str, job: int, start_conf: str | None) -> list[str]:
     return _sh(_FENCE, marker, str(int(job)), start_conf or "")
 

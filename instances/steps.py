@@ -317,6 +317,18 @@ def start(ctx: JobContext, instance: Instance, name: str = "start") -> None:
 # --- fencing ------------------------------------------------------------------------------
 
 
+def postmaster_is_zombie(ctx: JobContext, instance: Instance) -> bool:
+    """The status command says running, but its postmaster was killed and not yet reaped:
+    nothing runs, nothing writes."""
+    result = ctx.ssh(
+        instance.server,
+        commands.postmaster_zombie(instance.effective_data_dir),
+        "is its postmaster a zombie? (killed, not reaped)",
+        check=False,
+    )
+    return result.stdout.startswith("zombie ")
+
+
 def fence_marker(instance: Instance) -> str:
     return f"{instance.effective_data_dir.rstrip('/')}.elephaas-fenced"
 
@@ -343,6 +355,8 @@ def fence_on_server(ctx: JobContext, instance: Instance) -> ClusterState:
     manual) and record the fence as confirmed. Returns the state it was found in. Raises
     JobFailed when its server does not answer (nothing confirmed)."""
     state = cluster_state(ctx, instance)
+    if state == ClusterState.RUNNING and postmaster_is_zombie(ctx, instance):
+        state = ClusterState.STOPPED
     if state == ClusterState.RUNNING:
         probe.forget_kept(instance.server.hostname, instance.port)
         ctx.ssh(
@@ -445,7 +459,7 @@ def read_end_of_wal(ctx: JobContext, instance: Instance) -> tuple[EndOfWal | Non
         state = cluster_state(ctx, instance)
     except JobFailed as exc:
         return None, f"its server does not answer over SSH ({exc})"
-    if state == ClusterState.RUNNING:
+    if state == ClusterState.RUNNING and not postmaster_is_zombie(ctx, instance):
         return None, "its PostgreSQL still runs (without answering SQL): its WAL may still grow"
     if state == ClusterState.EMPTY:
         return None, "there is no cluster in its data directory"

@@ -538,3 +538,29 @@ def test_a_wal_salvage_copies_only_the_named_segments(tmp_path):
     for bad in ([], ["../../etc/passwd"], ["000000010000000000000003 --delete"], ["*"]):
         with pytest.raises(ValueError):
             commands.rsync_wal("ssh", "u@h:/x/", bad, "/y")
+
+
+def test_it_tells_a_zombie_postmaster_from_a_live_one(tmp_path):
+    import os
+    import time
+
+    pgdata = data_dir(tmp_path, "z $(id)")
+    child = os.fork()
+    if child == 0:
+        os._exit(0)  # a child that exits and is not waited for: a zombie
+    try:
+        deadline = time.monotonic() + 5
+        while open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (pgdata / "postmaster.pid").write_text(f"{child}\n{pgdata}\n")
+        assert run(commands.postmaster_zombie(str(pgdata))).stdout == f"zombie {child}\n"
+        (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n")
+        assert run(commands.postmaster_zombie(str(pgdata))).stdout == f"alive {os.getpid()}\n"
+    finally:
+        os.waitpid(child, 0)
+    assert run(commands.postmaster_zombie(str(pgdata))).stdout == f"alive {os.getpid()}\n"
+    (pgdata / "postmaster.pid").write_text(f"{child}\n")
+    assert run(commands.postmaster_zombie(str(pgdata))).stdout == f"gone {child}\n"
+    (pgdata / "postmaster.pid").unlink()
+    assert run(commands.postmaster_zombie(str(pgdata))).stdout == "no postmaster.pid\n"
