@@ -36,6 +36,9 @@ def _freshness(instance: Instance, answered: bool, error: str) -> Fact:
     if instance.last_checked and instance.online:
         age = (timezone.now() - instance.last_checked).total_seconds()
         seen = f"last seen answering {age:.0f} s ago"
+    elif instance.last_checked and instance.state_changed_at:
+        age = (timezone.now() - instance.state_changed_at).total_seconds()
+        seen = f"checks have found it down for {age:.0f} s"
     elif instance.last_checked:
         seen = "not answering at the last check either"
     else:

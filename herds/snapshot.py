@@ -78,10 +78,19 @@ def build(
         ),
         vhost=herd.vhost,
         last_known_primary_lsn=lsn_to_int(primary.last_lsn) if primary else None,
-        last_seen_seconds=(timezone.now() - primary.last_checked).total_seconds()
-        if primary and primary.last_checked
-        else None,
+        last_seen_seconds=_last_answer_age(primary),
     )
+
+
+def _last_answer_age(primary: Instance | None) -> float | None:
+    """How long ago the primary's recorded position was current: its last check if that
+    check found it answering, else when checks first found it down (its last answer came
+    at most one health interval before)."""
+    if primary is None:
+        return None
+    moment = primary.last_checked if primary.online else primary.state_changed_at
+    moment = moment or primary.last_checked
+    return (timezone.now() - moment).total_seconds() if moment else None
 
 
 def plan(snap: planning.Snapshot, kind: str, params: Mapping) -> planning.Plan:
