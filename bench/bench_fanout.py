@@ -116,4 +116,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _inventory import as_found
+
+    with as_found():
+        main()

@@ -213,4 +213,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _inventory import as_found
+
+    with as_found():
+        sys.exit(main())
