@@ -46,8 +46,11 @@ def _freshness(instance: Instance, answered: bool, error: str) -> Fact:
     return Fact(instance.label, False, f"no answer now ({error}); {seen}")
 
 
-def plans(herds: list[Herd], kind: str, params: dict) -> list[tuple[Herd, planning.Plan, list]]:
-    """(herd, plan from live facts, each member's Fact) for each herd."""
+def plans(
+    herds: list[Herd], kind: str, params: dict, targets: dict[int, int] | None = None
+) -> list[tuple[Herd, planning.Plan, list, list[planning.Member]]]:
+    """(herd, plan from live facts, each member's Fact, the replicas a DBA may choose as
+    target) for each herd; `targets` (herd id → instance id): the DBA's choices."""
     members = {herd.pk: inventory.herd_instances(herd.pk) for herd in herds}
     everyone = [i for group in members.values() for i in group]
     timeout = settings.CONFIRM_PROBE_TIMEOUT
@@ -74,5 +77,7 @@ def plans(herds: list[Herd], kind: str, params: dict) -> list[tuple[Herd, planni
         group = members[herd.pk]
         snap = snapshot.build(herd, group, {i.pk: answers.get(i.pk) for i in group})
         facts = [_freshness(i, answers.get(i.pk) is not None, errors.get(i.pk, "")) for i in group]
-        result.append((herd, snapshot.plan(snap, kind, params), facts))
+        chosen = (targets or {}).get(herd.pk)
+        plan = snapshot.plan(snap, kind, {**params, "target_id": chosen})
+        result.append((herd, plan, facts, planning.fit_replicas(snap)))
     return result

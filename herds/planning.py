@@ -28,6 +28,7 @@ class Member:
     dr_candidate: bool = False
     priority: int = 1000
     fenced: bool = False
+    environment: str = ""  # its server's environment
 
     @property
     def best_lsn(self) -> int:
@@ -42,6 +43,7 @@ class Snapshot:
     primary: Member | None  # the recorded primary
     replicas: tuple[Member, ...]
     vhost: str = ""
+    environment: str = ""  # the herd's own environment
     last_known_primary_lsn: int | None = None  # the primary's last recorded position
     # How long ago that position was recorded (seconds), to say how stale it is.
     last_seen_seconds: float | None = None
@@ -83,6 +85,34 @@ def _usable(replicas: tuple[Member, ...]) -> list[Member]:
     return [r for r in replicas if r.answering and r.in_recovery and not r.fenced]
 
 
+def fit_replicas(snap: Snapshot) -> list[Member]:
+    """The replicas a DBA may choose as the target, most up-to-date first."""
+    return sorted(_usable(snap.replicas), key=_rank)
+
+
+def _why_not(snap: Snapshot, target_id: int) -> str:
+    """Why the confirmed target cannot be promoted now, in words."""
+    target = next((r for r in snap.replicas if r.id == target_id), None)
+    if target is None:
+        return "the chosen target is no longer a replica of this herd"
+    if target.fenced:
+        return f"{target.label} is fenced"
+    if not target.answering:
+        return f"{target.label} no longer answers"
+    return f"{target.label} is no longer in recovery (not a replica)"
+
+
+def _switchover_rank(snap: Snapshot):
+    """A planned switchover stays in the herd's own environment unless the DBA picks the
+    DR copy: same environment first, then the most replayed."""
+
+    def rank(member: Member) -> tuple:
+        away = bool(snap.environment) and member.environment != snap.environment
+        return (away, *_rank(member))
+
+    return rank
+
+
 def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
     """A planned switchover: the primary is healthy; no committed transaction may be lost."""
     refuse = Plan(JobKind.SWITCHOVER, snap.herd, ok=False, sentence="")
@@ -101,16 +131,19 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
         chosen = [r for r in usable if r.id == target_id]
         if not chosen:
             refuse.sentence = (
-                "refused: the chosen replica is not an answering, unfenced replica of this herd"
+                f"refused: {_why_not(snap, target_id)}: nothing done (the target the DBA "
+                "confirmed is never replaced by another)"
             )
             return refuse
-        candidate, why = chosen[0], "chosen by the DBA"
+        candidate, why = chosen[0], "the target the DBA confirmed"
     elif not usable:
         refuse.sentence = f"refused: {snap.herd} has no answering replica to switch over to"
         return refuse
     else:
-        candidate = sorted(usable, key=_rank)[0]
+        candidate = sorted(usable, key=_switchover_rank(snap))[0]
         why = "the replica with the highest replayed LSN" if len(usable) > 1 else "its replica"
+        if len(usable) > 1 and snap.environment and candidate.environment == snap.environment:
+            why += f" in the herd's own environment {snap.environment}"
     behind = max(0, (primary.current_lsn or 0) - (candidate.replay_lsn or 0))
     others = [r for r in snap.replicas if r.id != candidate.id]
     plan = Plan(
@@ -173,8 +206,15 @@ def _loss(snap: Snapshot, candidate: Member) -> tuple[int | None, bool, str]:
     )
 
 
-def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = False) -> Plan:
-    """A DR failover: the primary is down or unreachable; promote the most up-to-date replica."""
+def plan_failover(
+    snap: Snapshot,
+    *,
+    max_loss_bytes: int,
+    accept_loss: bool = False,
+    target_id: int | None = None,
+) -> Plan:
+    """A DR failover: the primary is down or unreachable; promote the most up-to-date
+    replica, or exactly the target the DBA confirmed (refused, never replaced)."""
     refuse = Plan(JobKind.FAILOVER, snap.herd, ok=False, sentence="")
     primary = snap.primary
     if primary is not None and primary.answering and not primary.in_recovery:
@@ -187,8 +227,23 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
     if not usable:
         refuse.sentence = f"refused: {snap.herd} has no answering replica to promote"
         return refuse
-    candidate = sorted(usable, key=_rank)[0]
+    best = sorted(usable, key=_rank)[0]
+    candidate = best
+    if target_id is not None:
+        chosen = [r for r in usable if r.id == target_id]
+        if not chosen:
+            refuse.sentence = (
+                f"refused: {_why_not(snap, target_id)}: nothing done (the target the DBA "
+                "confirmed is never replaced by another)"
+            )
+            return refuse
+        candidate = chosen[0]
     loss, exact, loss_text = _loss(snap, candidate)
+    if candidate.id != best.id and best.best_lsn > candidate.best_lsn:
+        loss_text += (
+            f" (the DBA's choice: {best.label} has "
+            f"{format_bytes(best.best_lsn - candidate.best_lsn)} more)"
+        )
     salvage = 0
     if snap.salvage_possible and snap.primary_end_of_wal is not None:
         salvage = max(0, snap.primary_end_of_wal - candidate.best_lsn)
@@ -200,6 +255,7 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
             if candidate.dr_candidate
             else f", priority {candidate.priority}"
         ) + " among equals"
+    how = "the target the DBA confirmed, received" if target_id is not None else "highest received"
     plan = Plan(
         JobKind.FAILOVER,
         snap.herd,
@@ -209,8 +265,8 @@ def plan_failover(snap: Snapshot, *, max_loss_bytes: int, accept_loss: bool = Fa
         loss_exact=exact,
         salvage_bytes=salvage,
         sentence=(
-            f"promote {candidate.label}: highest received LSN "
-            f"{int_to_lsn(candidate.best_lsn)}{tie_note}, {loss_text}"
+            f"promote {candidate.label}: {how} LSN {int_to_lsn(candidate.best_lsn)}"
+            f"{tie_note if target_id is None else ''}, {loss_text}"
         ),
         dns_from=primary.hostname if primary else "",
         dns_to=candidate.hostname,

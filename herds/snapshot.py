@@ -36,6 +36,7 @@ def member(instance: Instance, answer: ProbeResult | None = None, *, live: bool)
         fenced=instance.fenced,
         dr_candidate=candidacy is not None,
         priority=candidacy.priority if candidacy is not None else 1000,
+        environment=instance.server.environment.name,
     )
     if live:
         if answer is None:
@@ -77,6 +78,7 @@ def build(
             if (primary is None or i.pk != primary.pk) and i.role != Role.PRIMARY
         ),
         vhost=herd.vhost,
+        environment=herd.environment.name,
         last_known_primary_lsn=lsn_to_int(primary.last_lsn) if primary else None,
         last_seen_seconds=_last_answer_age(primary),
     )
@@ -101,6 +103,7 @@ def plan(snap: planning.Snapshot, kind: str, params: Mapping) -> planning.Plan:
         snap,
         max_loss_bytes=settings.FAILOVER_MAX_LOSS_BYTES,
         accept_loss=bool(params.get("accept_data_loss")),
+        target_id=params.get("target_id"),
     )
 
 

@@ -15,7 +15,9 @@ from instances.models import Instance
 
 def herd_instances(herd_id: int) -> list[Instance]:
     return list(
-        Instance.objects.select_related("server", "herd", "dr_candidacy", "upstream__server")
+        Instance.objects.select_related(
+            "server__environment", "herd__environment", "dr_candidacy", "upstream__server"
+        )
         .filter(herd_id=herd_id)
         .order_by("pk")
     )

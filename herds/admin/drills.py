@@ -36,24 +36,36 @@ class FailoverOptionsForm(ActionOptionsForm):
     )
 
 
-def _plans(queryset: QuerySet[Herd], kind: str, params: dict) -> list[tuple]:
-    return live.plans(list(queryset.select_related("environment")), kind, params)
-
-
 def drill_action(kind: str, title: str, what_happens: str, form_class=None):
     def action(modeladmin, request: HttpRequest, queryset: QuerySet[Herd]):
         accept = request.POST.get("accept_data_loss") == "on"
         skip = request.POST.get("skip_salvage") == "on"
-        plans = _plans(queryset, kind, {"accept_data_loss": accept, "skip_salvage": skip})
+        herds = list(queryset.select_related("environment"))
+        # The DBA's target per herd (a select on the page, defaulting to the plan's pick);
+        # the job promotes exactly it or refuses, so a forged id only gets a refusal.
+        chosen = {}
+        for herd in herds:
+            raw = request.POST.get(f"target_{herd.pk}", "")
+            if raw.isdigit():
+                chosen[herd.pk] = int(raw)
+        plans = live.plans(herds, kind, {"accept_data_loss": accept, "skip_salvage": skip}, chosen)
+        picked = {
+            herd.pk: chosen.get(herd.pk, plan.candidate.id if plan.candidate else None)
+            for herd, plan, _, _ in plans
+        }
+
+        def params_for(herd: Herd) -> dict:
+            return {**snapshot.expected_primary(herd), "target_id": picked.get(herd.pk)}
+
         return confirm_and_queue(
             modeladmin,
             request,
-            [herd for herd, _, _ in plans],
+            herds,
             kind=kind,
             title=title,
             what_happens=what_happens,
             form_class=form_class,
-            params_for=snapshot.expected_primary,
+            params_for=params_for,
             template="admin/herds/confirm_drill.html",
             extra_context={"plans": plans},
         )

@@ -57,12 +57,26 @@ def test_it_plans_a_switchover_from_live_facts_then_queues_one_job_per_herd(admi
             f'<li>drill on 127.0.1.{n}:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
         )
     assert f"<code>{drill.vhost}</code> from <code>127.0.1.1</code> to <code>127.0.1." in text
+    # The DBA picks the target among the fit replicas; the plan's pick is the default.
+    replicas = {h: i for h, i in instances(drill).items() if h != "127.0.1.1"}
+    assert f'<select name="target_{drill.pk}" id="target_{drill.pk}" form="confirm-jobs">' in text
+    for replica in replicas.values():
+        assert f'<option value="{replica.pk}"' in text
+    assert text.count(" selected>") == 1
+    chosen = replicas["127.0.1.3"]
     response = admin_client.post(
-        URL, {"action": "switchover_herds", "confirm": "yes", "_selected_action": [drill.pk]}
+        URL,
+        {
+            "action": "switchover_herds",
+            "confirm": "yes",
+            "_selected_action": [drill.pk],
+            f"target_{drill.pk}": str(chosen.pk),
+        },
     )
     assert response.status_code == 302
     [job] = Job.objects.filter(kind=JobKind.SWITCHOVER)
-    assert job.herd == drill and job.params == {"expected_primary_id": primary.pk}
+    assert job.herd == drill
+    assert job.params == {"expected_primary_id": primary.pk, "target_id": chosen.pk}
     Job.objects.filter(pk=job.pk).delete()  # not run: no worker in this test
 
 

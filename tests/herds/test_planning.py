@@ -65,11 +65,52 @@ def test_it_switches_over_to_the_most_replayed_replica_with_a_sentence():
 
 
 def test_it_honours_the_dbas_choice_of_target_and_refuses_a_bad_one():
-    shape = snap(PRIMARY, member(2, "h2", lsn=1), member(3, "h3", lsn=2))
+    down = member(4, "h4", answering=False)
+    fenced = member(5, "h5", fenced=True)
+    shape = snap(PRIMARY, member(2, "h2", lsn=1), member(3, "h3", lsn=2), down, fenced)
     assert plan_switchover(shape, target_id=2).candidate.id == 2
-    assert "chosen by the DBA" in plan_switchover(shape, target_id=2).sentence
-    refused = plan_switchover(shape, target_id=99)
-    assert not refused.ok and refused.sentence.startswith("refused: the chosen replica")
+    assert "the target the DBA confirmed" in plan_switchover(shape, target_id=2).sentence
+    for target, why in (
+        (99, "the chosen target is no longer a replica of this herd"),
+        (4, "db on h4:5432 no longer answers"),
+        (5, "db on h5:5432 is fenced"),
+    ):
+        refused = plan_switchover(shape, target_id=target)
+        assert not refused.ok and refused.candidate is None
+        assert refused.sentence == (
+            f"refused: {why}: nothing done (the target the DBA confirmed is never replaced "
+            "by another)"
+        )
+
+
+def test_a_switchover_stays_in_the_herds_environment_unless_the_dba_picks_the_dr_copy():
+    local = dataclasses.replace(member(2, "h2", lsn=0x59000000), environment="prod")
+    dr = dataclasses.replace(member(3, "h3", lsn=0x5A000000, dr=True), environment="dr")
+    shape = dataclasses.replace(snap(PRIMARY, local, dr), environment="prod")
+    plan = plan_switchover(shape)
+    assert plan.candidate.id == 2
+    assert "highest replayed LSN in the herd's own environment prod" in plan.sentence
+    assert plan_switchover(shape, target_id=3).candidate.id == 3
+
+
+def test_a_failover_promotes_exactly_the_confirmed_target_and_counts_its_own_loss():
+    down = member(1, "h1", answering=False)
+    behind, ahead = member(2, "h2", lsn=0x5000), member(3, "h3", lsn=0x5000 + 40 * MB)
+    shape = snap(down, behind, ahead, end=0x5000 + 40 * MB)
+    assert plan_failover(shape, max_loss_bytes=MB).candidate.id == 3
+    refused = plan_failover(shape, max_loss_bytes=MB, target_id=2)
+    assert not refused.ok
+    assert "promote db on h2:5432: the target the DBA confirmed, received LSN 0/5000" in (
+        refused.sentence
+    )
+    assert "40.0 MB lost" in refused.sentence
+    assert "(the DBA's choice: db on h3:5432 has 40.0 MB more)" in refused.sentence
+    accepted = plan_failover(shape, max_loss_bytes=MB, accept_loss=True, target_id=2)
+    assert accepted.ok and accepted.candidate.id == 2 and accepted.data_loss_bytes == 40 * MB
+    gone = plan_failover(
+        snap(down, behind, member(3, "h3", answering=False)), max_loss_bytes=MB, target_id=3
+    )
+    assert not gone.ok and gone.sentence.startswith("refused: db on h3:5432 no longer answers")
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,35 @@ def test_it_restarts_the_old_primary_when_a_switchover_is_cancelled_before_promo
         assert probe.probe(host, PORT).in_recovery is True
     assert instances(drill)["127.0.1.1"].role == Role.PRIMARY
     assert "old primary restarted" in Drill.objects.get(job=job).outcome
+
+
+def test_it_promotes_exactly_the_confirmed_target_or_refuses_without_substituting(
+    celery_worker, lab, drill
+):
+    from tests.herds.drill_lab import start, stop
+
+    before = instances(drill)
+    primary, chosen = before["127.0.1.1"], before["127.0.1.3"]
+    params = {"expected_primary_id": primary.pk, "target_id": chosen.pk}
+    stop(3)  # the confirmed target stops answering after the confirmation
+    try:
+        refused = run(JobKind.SWITCHOVER, drill, **params)
+    finally:
+        start(3)
+    assert refused.state == JobState.FAILED
+    assert f"refused: drill on 127.0.1.3:{PORT} no longer answers: nothing done" in refused.error
+    assert probe.probe("127.0.1.1", PORT).in_recovery is False  # nothing was changed
+    assert probe.probe("127.0.1.2", PORT).in_recovery is True  # no substitute promoted
+    assert not Drill.objects.filter(job=refused).exists()
+    deadline = time.monotonic() + 30
+    while probe.wal_receiver("127.0.1.3", PORT) is None or (
+        probe.wal_receiver("127.0.1.3", PORT)[0] != "streaming"
+    ):
+        assert time.monotonic() < deadline, "srv3 did not stream again"
+        time.sleep(0.1)
+    job = run(JobKind.SWITCHOVER, drill, **params)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert probe.probe("127.0.1.3", PORT).in_recovery is False
+    record = Drill.objects.get(job=job)
+    assert record.new_primary == f"drill on 127.0.1.3:{PORT}"
+    assert "the target the DBA confirmed" in record.plan
