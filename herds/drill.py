@@ -17,7 +17,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.utils import timezone
 
-from herds import dns, planning, snapshot
+from herds import dns, dns_records, planning, snapshot
 from herds.models import Drill, Herd
 from instances import inventory, probe, steps
 from instances.choices import JobKind, Role
@@ -184,6 +184,27 @@ def move_dns(ctx: JobContext, herd: Herd, new_primary: Instance, drill: Drill) -
         step.output = result.describe()
     drill.dns_at, drill.dns_ok = timezone.now(), True
     drill.save(update_fields=["dns_at", "dns_ok"])
+    return ""
+
+
+def move_ro_dns(ctx: JobContext, herd: Herd) -> str:
+    """After the roles changed: list the herd's replicas, as the inventory now records them
+    (online, unfenced), under its read-only vhost. A failure is reported, not undone."""
+    if not herd.ro_vhost:
+        return ""
+    replicas = dns_records.desired_records(herd, inventory.herd_instances(herd.pk))["replicas"]
+    what = f"list {', '.join(replicas)} under" if replicas else "delete (no online replica)"
+    with ctx.step(f"{what} {herd.ro_vhost}", settings.DNS_SERVER) as step:
+        try:
+            result = dns.set_ro_vhost(herd.ro_vhost, replicas)
+        except dns.DNSError as exc:
+            step.ok = False
+            step.output = str(exc)
+            return (
+                f"read-only vhost {herd.ro_vhost} not updated ({exc}): fix it, then run "
+                f"Refresh DNS on {herd.name}"
+            )
+        step.output = result.describe()
     return ""
 
 

@@ -131,7 +131,7 @@ def failover(ctx: JobContext) -> str:
                     drills.repoint(ctx, other, new)
                 else:
                     ctx.note(f"{other.label} not answering", "remaster it later")
-        return problem
+        return "; ".join(p for p in (problem, drills.move_ro_dns(ctx, herd)) if p)
 
     dns_problem = drills.after_promotion(ctx, herd, new, drill, rest)
     if lost is None:

@@ -106,7 +106,7 @@ def switchover(ctx: JobContext) -> str:
             if other.pk not in (old.pk, new.pk) and other.role == Role.REPLICA and other.online:
                 drills.repoint(ctx, other, new)
         rejoin_as_replica(ctx, old, new, template)
-        return problem
+        return "; ".join(p for p in (problem, drills.move_ro_dns(ctx, herd)) if p)
 
     dns_problem = drills.after_promotion(ctx, herd, new, drill, rest)
     drills.finish(drill, dns_problem or "completed")

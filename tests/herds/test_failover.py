@@ -52,6 +52,9 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     # The primary's server dies: Postgres, sshd and every open SSH session gone.
     fleet.crash_server(1)
     start(3)
+    rediscover("127.0.1.3")  # srv3 is back online in the inventory
+    drill.ro_vhost = f"{drill.vhost}-ro"
+    drill.save()
     # Its server is gone: its last recorded position is only a lower bound of the loss,
     # so the failover is refused until a DBA accepts an unknown loss.
     refused = run(JobKind.FAILOVER, drill)
@@ -75,6 +78,7 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     assert probe.probe("127.0.1.2", PORT).in_recovery is False
     assert probe.wal_receiver("127.0.1.3", PORT)[:2] == ("streaming", "127.0.1.2")
     assert dns.lookup(drill.vhost) == ["127.0.1.2"]
+    assert dns.lookup(drill.ro_vhost) == ["127.0.1.3"]  # not the fenced old primary
     old = instances(drill)["127.0.1.1"]
     assert old.fenced and old.needs_rebuild and old.online is False
     assert old.fence_confirmed_at is None  # only the inventory fences it so far

@@ -27,6 +27,8 @@ def test_it_switches_over_losing_no_commit_then_fails_back(celery_worker, lab, d
     from herds import dns
 
     before = instances(drill)
+    drill.ro_vhost = f"{drill.vhost}-ro"
+    drill.save()
     writer = Writer("127.0.1.1", lab)
     writer.start()
     time.sleep(1)
@@ -50,6 +52,10 @@ def test_it_switches_over_losing_no_commit_then_fails_back(celery_worker, lab, d
     assert set(writer.acked) <= present
     # DNS answers the new primary; the old primary streams from it as a replica.
     assert dns.lookup(drill.vhost) == [new_host]
+    # The read-only vhost follows too: the old primary and the other replica, not the new one.
+    assert sorted(dns.lookup(drill.ro_vhost)) == sorted(
+        {"127.0.1.1", "127.0.1.2", "127.0.1.3"} - {new_host}
+    )
     assert probe.wal_receiver("127.0.1.1", PORT)[:2] == ("streaming", new_host)
     after = instances(drill)
     assert after[new_host].role == Role.PRIMARY and after[new_host].upstream is None
