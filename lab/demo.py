@@ -48,6 +48,12 @@ def run() -> None:
     for name in HERDS:
         for line in fleet.manage("set_vhost", name, name, "--ro-vhost", f"{name}-ro").splitlines():
             fleet.say(f"DNS: {line}")
+    # orders' replica on srv4 (environment dr) is its acknowledged DR copy.
+    fleet.say(
+        fleet.manage(
+            "acknowledge_dr", "orders", lab_servers[4].hostname, "--note", "the demo's DR copy"
+        ).strip()
+    )
     fleet.manage("ensure_demo_admin", "--password-file", str(SECRETS_DIR / "demo_admin_password"))
     fleet.start_web()
     password = (SECRETS_DIR / "demo_admin_password").read_text().strip()

@@ -1,6 +1,6 @@
 """The management commands `make demo` and configuration management use, on the lab:
 add_server (pins the host key it checks), discover (runs its jobs here, in parallel),
-set_vhost (a Refresh DNS job run here)."""
+set_vhost (a Refresh DNS job run here), acknowledge_dr (the demo's DR copy)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from herds import dns
-from herds.models import Herd
+from herds.models import DRCandidate, Herd
 from instances.choices import JobOrigin, Role
 from instances.models import Instance, Job, JobKind, JobState, Server
 from lab import herd as lab_herd
@@ -79,6 +79,18 @@ def test_it_adds_discovers_and_points_dns_as_the_demo_does(mgmt):
     assert NAME in said
     dns.delete_name(NAME)
     dns.delete_name(f"{NAME}-ro")
+
+    # The DR copy the demo acknowledges: only a replica of that herd, and once.
+    said = manage("acknowledge_dr", NAME, mgmt[1].hostname, "--note", "drill copy")
+    assert said == f"{replica.label} acknowledged as a DR candidate of {NAME}\n"
+    manage("acknowledge_dr", NAME, mgmt[1].hostname, "--priority", "2")
+    [candidate] = DRCandidate.objects.filter(herd__name=NAME)
+    assert (candidate.instance_id, candidate.priority) == (replica.pk, 2)
+    with pytest.raises(CommandError, match="is recorded as primary, not a replica"):
+        manage("acknowledge_dr", NAME, mgmt[0].hostname)
+    with pytest.raises(CommandError, match="0 instances of herd 'mgmt' on '127.0.1.250'"):
+        manage("acknowledge_dr", NAME, "127.0.1.250")
+    assert DRCandidate.objects.count() == 1
 
 
 def test_it_names_servers_it_does_not_know(mgmt):
