@@ -91,21 +91,16 @@ class Writer(threading.Thread):
 
 
 class Bench:
-    def __init__(self) -> None:
-        self.created_env = False
-        self.created_servers: list[int] = []
+    """The bench's herd in the inventory, for one round at a time; the servers and the
+    environment it may add go with the rest at the end (bench/_inventory.as_found)."""
 
     def inventory(self) -> Herd:
-        envrow = Environment.objects.filter(name="bench").first()
-        if envrow is None:
-            envrow, self.created_env = Environment.objects.create(name="bench"), True
-        servers = []
-        for lab in state.servers()[:3]:
-            row = Server.objects.filter(hostname=lab.hostname).first()
-            if row is None:
-                row = Server.objects.create(environment=envrow, **lab.inventory_fields())
-                self.created_servers.append(row.pk)
-            servers.append(row)
+        envrow, _ = Environment.objects.get_or_create(name="bench")
+        servers = [
+            Server.objects.filter(hostname=lab.hostname).first()
+            or Server.objects.create(environment=envrow, **lab.inventory_fields())
+            for lab in state.servers()[:3]
+        ]
         runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers, queue=False))
         return Herd.objects.get(name=NAME)
 
@@ -118,10 +113,6 @@ class Bench:
 
     def clean_up(self) -> None:
         self.forget()
-        Job.objects.filter(server_id__in=self.created_servers).delete()
-        Server.objects.filter(pk__in=self.created_servers).delete()
-        if self.created_env:
-            Environment.objects.filter(name="bench", servers__isnull=True).delete()
         lab_herd.drop(NAME)
 
 

@@ -76,7 +76,9 @@ def salvage(ctx: JobContext, begun: drills.Begun, new: Instance) -> tuple[int, o
             why = again.sentence if not again.ok else "the best replica changed"
             drills.finish(begun.drill, f"refused after a failed salvage: {why}")
             raise JobFailed(
-                f"{begun.herd.name}: the WAL salvage from {old.label} failed ({exc}); {why}"
+                f"{begun.herd.name}: the WAL salvage from {old.label} failed ({exc}); "
+                f"{why}. Nothing was promoted or fenced; {new.label} keeps whatever WAL was "
+                "copied (the old primary's own history: harmless)"
             ) from None
         begun.drill.plan = again.sentence
         begun.drill.save(update_fields=["plan"])

@@ -102,6 +102,17 @@ def _why_not(snap: Snapshot, target_id: int) -> str:
     return f"{target.label} is no longer in recovery (not a replica)"
 
 
+def _confirmed(snap: Snapshot, usable: list[Member], target_id: int) -> Member | str:
+    """The DBA's confirmed target if it is fit now, else the refusal sentence."""
+    for member in usable:
+        if member.id == target_id:
+            return member
+    return (
+        f"refused: {_why_not(snap, target_id)}: nothing done (the target the DBA confirmed "
+        "is never replaced by another)"
+    )
+
+
 def _switchover_rank(snap: Snapshot):
     """A planned switchover stays in the herd's own environment unless the DBA picks the
     DR copy: same environment first, then the most replayed."""
@@ -128,14 +139,11 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
         return refuse
     usable = _usable(snap.replicas)
     if target_id is not None:
-        chosen = [r for r in usable if r.id == target_id]
-        if not chosen:
-            refuse.sentence = (
-                f"refused: {_why_not(snap, target_id)}: nothing done (the target the DBA "
-                "confirmed is never replaced by another)"
-            )
+        chosen = _confirmed(snap, usable, target_id)
+        if isinstance(chosen, str):
+            refuse.sentence = chosen
             return refuse
-        candidate, why = chosen[0], "the target the DBA confirmed"
+        candidate, why = chosen, "the target the DBA confirmed"
     elif not usable:
         refuse.sentence = f"refused: {snap.herd} has no answering replica to switch over to"
         return refuse
@@ -230,14 +238,11 @@ def plan_failover(
     best = sorted(usable, key=_rank)[0]
     candidate = best
     if target_id is not None:
-        chosen = [r for r in usable if r.id == target_id]
-        if not chosen:
-            refuse.sentence = (
-                f"refused: {_why_not(snap, target_id)}: nothing done (the target the DBA "
-                "confirmed is never replaced by another)"
-            )
+        chosen = _confirmed(snap, usable, target_id)
+        if isinstance(chosen, str):
+            refuse.sentence = chosen
             return refuse
-        candidate = chosen[0]
+        candidate = chosen
     loss, exact, loss_text = _loss(snap, candidate)
     if candidate.id != best.id and best.best_lsn > candidate.best_lsn:
         loss_text += (

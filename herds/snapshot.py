@@ -1,8 +1,9 @@
-"""A herd as a planning.Snapshot: from the inventory (confirmation pages) or from live
-probe answers handed in by the job (herds.drill.live_snapshot). No I/O here.
+"""A herd as a planning.Snapshot, from live probe answers handed in by the confirmation
+page (herds.live) or the job (herds.drill.live_snapshot), plus the inventory's recorded
+primary and its last position. No I/O here.
 
 Both pages and jobs build their snapshot with `build`, so the plan a DBA confirms and the
-plan the job carries out differ only by the facts they were given.
+plan the job carries out differ only by when the facts were gathered.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 Answers = Mapping[int, "ProbeResult | None"]
 
 
-def member(instance: Instance, answer: ProbeResult | None = None, *, live: bool) -> planning.Member:
+def member(instance: Instance, answer: ProbeResult | None) -> planning.Member:
+    """One member as the probe saw it just now (None: it did not answer)."""
     candidacy = getattr(instance, "dr_candidacy", None)
     common = dict(
         id=instance.pk,
@@ -38,37 +40,23 @@ def member(instance: Instance, answer: ProbeResult | None = None, *, live: bool)
         priority=candidacy.priority if candidacy is not None else 1000,
         environment=instance.server.environment.name,
     )
-    if live:
-        if answer is None:
-            return planning.Member(answering=False, **common)
-        return planning.Member(
-            answering=True,
-            in_recovery=answer.in_recovery,
-            current_lsn=None if answer.in_recovery else lsn_to_int(answer.lsn),
-            receive_lsn=lsn_to_int(answer.receive_lsn),
-            replay_lsn=lsn_to_int(answer.replay_lsn),
-            **common,
-        )
-    # From the inventory, for confirmation pages: what the last check recorded.
-    is_replica = instance.role == Role.REPLICA
+    if answer is None:
+        return planning.Member(answering=False, **common)
     return planning.Member(
-        answering=bool(instance.online),
-        in_recovery=is_replica if instance.online else None,
-        current_lsn=None if is_replica else lsn_to_int(instance.last_lsn),
-        receive_lsn=lsn_to_int(instance.receive_lsn or instance.last_lsn) if is_replica else None,
-        replay_lsn=lsn_to_int(instance.replay_lsn or instance.last_lsn) if is_replica else None,
+        answering=True,
+        in_recovery=answer.in_recovery,
+        current_lsn=None if answer.in_recovery else lsn_to_int(answer.lsn),
+        receive_lsn=lsn_to_int(answer.receive_lsn),
+        replay_lsn=lsn_to_int(answer.replay_lsn),
         **common,
     )
 
 
-def build(
-    herd: Herd, instances: list[Instance], answers: Answers | None = None
-) -> planning.Snapshot:
-    """`answers` given: a live snapshot (every member as probed just now); else the
-    inventory's last recorded state."""
-    live = answers is not None
+def build(herd: Herd, instances: list[Instance], answers: Answers) -> planning.Snapshot:
+    """A live snapshot: every member as probed just now; the primary is the recorded one,
+    and its last recorded position bounds a loss from below."""
     primary = inventory.recorded_primary(instances)
-    members = {i.pk: member(i, (answers or {}).get(i.pk), live=live) for i in instances}
+    members = {i.pk: member(i, answers.get(i.pk)) for i in instances}
     return planning.Snapshot(
         herd=herd.name,
         primary=members[primary.pk] if primary else None,
@@ -105,11 +93,6 @@ def plan(snap: planning.Snapshot, kind: str, params: Mapping) -> planning.Plan:
         accept_loss=bool(params.get("accept_data_loss")),
         target_id=params.get("target_id"),
     )
-
-
-def from_inventory(herd: Herd, kind: str, params: Mapping) -> planning.Plan:
-    """What a confirmation page shows: the plan from the inventory alone."""
-    return plan(build(herd, inventory.herd_instances(herd.pk)), kind, params)
 
 
 def expected_primary(herd: Herd) -> dict:

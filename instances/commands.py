@@ -425,9 +425,6 @@ _START_CONF_AUTO = r"""
 f="$1"
 if [ -f "$f" ] && grep -qx manual "$f"; then echo auto > "$f"; echo "start.conf: manual -> auto"; fi
 """
-_START_CONF_MANUAL = r"""
-echo manual > "$1"
-"""
 _WRITE_CONF_D = r"""
 mkdir -p "$1/conf.d"
 conf="$1/conf.d/$2"; shift 2
@@ -589,13 +586,7 @@ if [ -n "$start_conf" ] && [ -f "$start_conf" ]; then
 fi
 """
 _UNFENCE = r"""
-marker="$1"; start_conf="$2"
-if [ -f "$marker" ]; then
-  rm -f "$marker"; echo "fence marker removed"
-  if [ -n "$start_conf" ] && [ -f "$start_conf" ] && grep -qx manual "$start_conf"; then
-    echo auto > "$start_conf"; echo "start.conf: manual -> auto"
-  fi
-fi
+if [ -f "$1" ]; then rm -f "$1"; echo "fence marker removed"; fi
 """
 
 
@@ -621,8 +612,9 @@ def fence(marker: str, job: int, start_conf: str | None) -> list[str]:
     return _sh(_FENCE, marker, str(int(job)), start_conf or "")
 
 
-def unfence(marker: str, start_conf: str | None) -> list[str]:
-    return _sh(_UNFENCE, marker, start_conf or "")
+def unfence(marker: str) -> list[str]:
+    """Remove the fence marker (the rebuild sets start.conf back with start_conf_auto)."""
+    return _sh(_UNFENCE, marker)
 
 
 def mark_incomplete(marker: str, job: int, start_conf: str | None) -> list[str]:
@@ -686,10 +678,6 @@ def prepare_pg_wal(data_dir: str, logfile: str) -> list[str]:
 
 def start_conf_auto(start_conf: str) -> list[str]:
     return _sh(_START_CONF_AUTO, start_conf)
-
-
-def start_conf_manual(start_conf: str) -> list[str]:
-    return _sh(_START_CONF_MANUAL, start_conf)
 
 
 def write_conf_d(conf_dir: str, file_name: str, lines: Sequence[str]) -> list[str]:

@@ -42,34 +42,41 @@ def fence(ctx: JobContext) -> str:
                 step.output = f"SPLIT BRAIN: it runs as a primary, since {started.isoformat()}"
             else:
                 step.output = f"it runs in recovery (read-only), since {started.isoformat()}"
+    drill = None
+    if writable_since is not None:
+        # Recorded before the stop is tried: a stop that fails must not hide the split brain.
+        drill = (
+            Drill.objects.filter(
+                herd=instance.herd_id, kind=JobKind.FAILOVER, old_primary=instance.label
+            )
+            .order_by("-started_at")
+            .first()
+        )
+        if drill is not None:
+            drill.split_brain_from = min(drill.split_brain_from or writable_since, writable_since)
+            drill.split_brain_until = None  # still writable
+            drill.save(update_fields=["split_brain_from", "split_brain_until"])
+        audit.warning(
+            "split brain: fenced %s accepts writes since %s (job #%s)",
+            instance.label,
+            writable_since.isoformat(),
+            ctx.job.pk,
+        )
     try:
         steps.fence_on_server(ctx, instance)
     except JobFailed as exc:
+        still = " It is STILL ACCEPTING WRITES (split brain)." if writable_since else ""
         raise JobFailed(
-            f"{instance.label}: the fence is not confirmed ({exc}); the health sweep tries "
-            f"again within {settings.FENCE_RETRY:.0f} s of its server answering"
+            f"{instance.label}: the fence is not confirmed ({exc});{still} the health sweep "
+            f"tries again within {settings.FENCE_RETRY:.0f} s of its server answering"
         ) from None
     if writable_since is None:
         return f"{instance.label}: fence confirmed (stopped, fence marker, start.conf manual)"
     until = timezone.now()
-    drill = (
-        Drill.objects.filter(
-            herd=instance.herd_id, kind=JobKind.FAILOVER, old_primary=instance.label
-        )
-        .order_by("-started_at")
-        .first()
-    )
     if drill is not None:
-        drill.split_brain_from = min(drill.split_brain_from or writable_since, writable_since)
         drill.split_brain_until = until
-        drill.save(update_fields=["split_brain_from", "split_brain_until"])
-    audit.warning(
-        "split brain: fenced %s accepted writes from %s until %s (job #%s)",
-        instance.label,
-        writable_since.isoformat(),
-        until.isoformat(),
-        ctx.job.pk,
-    )
+        drill.save(update_fields=["split_brain_until"])
+    audit.warning("split brain: fenced %s stopped at %s", instance.label, until.isoformat())
     seconds = (until - writable_since).total_seconds()
     return (
         f"SPLIT BRAIN: {instance.label} was accepting writes for {seconds:.0f} s "

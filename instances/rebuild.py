@@ -379,7 +379,7 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
     # It is a replica of the new primary now: the fence (if any) is lifted.
     ctx.ssh(
         instance.server,
-        commands.unfence(steps.fence_marker(instance), None),
+        commands.unfence(steps.fence_marker(instance)),
         "lift the fence (remove the fence marker)",
     )
     steps.start(ctx, instance, "start as a replica")

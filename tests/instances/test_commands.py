@@ -406,12 +406,10 @@ def test_it_writes_stdin_to_a_private_file(tmp_path):
     assert oct(target.stat().st_mode & 0o777) == "0o600"
 
 
-def test_it_switches_start_conf_both_ways(tmp_path):
+def test_it_lifts_a_held_start_conf_and_only_that(tmp_path):
     start_conf = tmp_path / "a b" / "start.conf"
     start_conf.parent.mkdir()
-    start_conf.write_text("auto\n")
-    assert run(commands.start_conf_manual(str(start_conf))).returncode == 0
-    assert start_conf.read_text() == "manual\n"
+    start_conf.write_text("manual\n")
     done = run(commands.start_conf_auto(str(start_conf)))
     assert start_conf.read_text() == "auto\n" and "manual -> auto" in done.stdout
     start_conf.write_text("disabled\n")
@@ -502,7 +500,7 @@ def test_it_refuses_rsync_specs_that_could_be_read_as_options():
             commands.remote_path(user, host, "/x")
 
 
-def test_a_fence_marks_the_data_directory_and_holds_start_conf_until_a_rebuild_lifts_it(
+def test_a_fence_marks_the_data_directory_and_holds_start_conf_until_lifted(
     tmp_path,
 ):
     start_conf = tmp_path / "c 1" / "start.conf"
@@ -514,12 +512,13 @@ def test_a_fence_marks_the_data_directory_and_holds_start_conf_until_a_rebuild_l
     assert marker.read_text() == "fenced: job 42\n" and start_conf.read_text() == "manual\n"
     run(commands.fence(str(marker), 43, str(start_conf)))
     assert marker.read_text() == "fenced: job 42\n"  # the first fence's record is kept
-    done = run(commands.unfence(str(marker), str(start_conf)))
-    assert not marker.exists() and start_conf.read_text() == "auto\n"
-    assert "fence marker removed" in done.stdout
+    done = run(commands.unfence(str(marker)))
+    assert not marker.exists() and "fence marker removed" in done.stdout
+    assert run(commands.start_conf_auto(str(start_conf))).returncode == 0
+    assert start_conf.read_text() == "auto\n"
     # The pg_ctl preset has no start.conf: the marker alone.
     assert run(commands.fence(str(marker), 44, None)).returncode == 0 and marker.exists()
-    assert run(commands.unfence(str(marker), None)).returncode == 0 and not marker.exists()
+    assert run(commands.unfence(str(marker))).returncode == 0 and not marker.exists()
 
 
 def test_a_wal_salvage_copies_only_the_named_segments(tmp_path):
