@@ -142,6 +142,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": OUTBOX_INTERVAL,
         "options": {"expires": OUTBOX_INTERVAL},
     },
+    "advance-campaigns": {
+        "task": "instances.advance_campaigns",
+        "schedule": OUTBOX_INTERVAL,
+        "options": {"expires": OUTBOX_INTERVAL},
+    },
 }
 
 # --- SSH to managed servers -------------------------------------------------------------
@@ -171,11 +176,16 @@ REPLICATION_USER = envstr("ELEPHAAS_REPLICATION_USER", "replicator")
 # A failover that may lose more WAL than this (bytes between the old primary's last known
 # position and the best replica) is refused unless the DBA ticks "accept data loss".
 FAILOVER_MAX_LOSS_BYTES = envint("ELEPHAAS_FAILOVER_MAX_LOSS_BYTES", 1024 * 1024, 0)
-# A failover whose old primary's disk still answers SSH copies the WAL the candidate lacks
-# from it (salvage) and waits this long, at most, for the copy and its replay.
+# A switchover refuses a target further behind its primary than this (the primary would
+# stay stopped while it replays), and a site drill's pre-flight gate uses the same limit.
+SWITCHOVER_MAX_LAG_BYTES = envint("ELEPHAAS_SWITCHOVER_MAX_LAG_BYTES", 16 * 1024 * 1024, 0)
+# A site drill runs at most this many herds' switchovers at once unless the DBA says.
+SITE_DRILL_CONCURRENCY = envint("ELEPHAAS_SITE_DRILL_CONCURRENCY", 3, 1, 100)
 # Switchover and failover confirmation pages probe every member of the selected herds live,
 # each bounded by this many seconds (connect and query).
 CONFIRM_PROBE_TIMEOUT = envfloat("ELEPHAAS_CONFIRM_PROBE_TIMEOUT", 2.0, 1)
+# A failover whose old primary's disk still answers SSH copies the WAL the candidate lacks
+# from it (salvage) and waits this long, at most, for the copy and its replay.
 SALVAGE_WAIT = envfloat("ELEPHAAS_SALVAGE_WAIT", 60.0, 1)
 # Fencing an old primary whose server does not answer: a command run on the controller per
 # environment name ("*": every other), e.g. in local_settings.py

@@ -330,6 +330,33 @@ def set_ro_vhost(ro_vhost: str, server_hostnames: Iterable[str]) -> DNSResult:
     return _replace(name, "A", addresses, "update" if addresses else "delete")
 
 
+PREFLIGHT_NAME = "elephaas-preflight-check"
+
+
+def check_update_key() -> float:
+    """Prove the DNS server answers and lets the TSIG key update the zone, changing
+    nothing: one signed update that deletes a TXT record nobody has (a no-op the server
+    must still authorise). Returns its duration in seconds; raises DNSError saying why."""
+    started = time.monotonic()
+    name = fqdn(PREFLIGHT_NAME)
+    keyring, keyname, algorithm = _keyring_for(name)
+    update = dns.update.UpdateMessage(
+        zone(), keyring=keyring, keyname=keyname, keyalgorithm=algorithm
+    )
+    update.delete(name, "TXT")
+    response = _exchange(update, doing="cannot check the TSIG key with", name=name)
+    rcode = response.rcode()
+    if rcode != dns.rcode.NOERROR:
+        _, _, label = _server()
+        raise DNSError(
+            f"DNS server {label} refused a signed update of the zone {zone()} "
+            f"({dns.rcode.to_text(rcode)}): check that the TSIG key “{keyname}” may update it",
+            server=label,
+            name=name,
+        )
+    return time.monotonic() - started
+
+
 def delete_name(name: str) -> DNSResult:
     """Remove a name's A, AAAA and CNAME records (tests clean up with it)."""
     full = fqdn(name)
@@ -338,6 +365,7 @@ def delete_name(name: str) -> DNSResult:
 
 __all__ = [
     "DNSError",
+    "check_update_key",
     "DNSNameError",
     "DNSResult",
     "delete_name",

@@ -46,13 +46,9 @@ def _freshness(instance: Instance, answered: bool, error: str) -> Fact:
     return Fact(instance.label, False, f"no answer now ({error}); {seen}")
 
 
-def plans(
-    herds: list[Herd], kind: str, params: dict, targets: dict[int, int] | None = None
-) -> list[tuple[Herd, planning.Plan, list, list[planning.Member]]]:
-    """(herd, plan from live facts, each member's Fact, the replicas a DBA may choose as
-    target) for each herd; `targets` (herd id → instance id): the DBA's choices."""
-    members = {herd.pk: inventory.herd_instances(herd.pk) for herd in herds}
-    everyone = [i for group in members.values() for i in group]
+def probe_all(instances: list[Instance]) -> tuple[dict, dict]:
+    """Every instance probed now, at once, each bounded by CONFIRM_PROBE_TIMEOUT:
+    (id → answer or None, id → why it did not answer)."""
     timeout = settings.CONFIRM_PROBE_TIMEOUT
 
     def ask(instance: Instance):
@@ -68,16 +64,29 @@ def plans(
             return instance.pk, None, str(exc).split(": ", 1)[-1][:120]
 
     answers, errors = {}, {}
-    if everyone:
-        with ThreadPoolExecutor(max_workers=min(32, len(everyone))) as pool:
-            for pk, answer, error in pool.map(ask, everyone):
+    if instances:
+        with ThreadPoolExecutor(max_workers=min(32, len(instances))) as pool:
+            for pk, answer, error in pool.map(ask, instances):
                 answers[pk], errors[pk] = answer, error
+    return answers, errors
+
+
+def facts(instances: list[Instance], answers: dict, errors: dict) -> list[Fact]:
+    return [_freshness(i, answers.get(i.pk) is not None, errors.get(i.pk, "")) for i in instances]
+
+
+def plans(
+    herds: list[Herd], kind: str, params: dict, targets: dict[int, int] | None = None
+) -> list[tuple[Herd, planning.Plan, list, list[planning.Member]]]:
+    """(herd, plan from live facts, each member's Fact, the replicas a DBA may choose as
+    target) for each herd; `targets` (herd id → instance id): the DBA's choices."""
+    members = {herd.pk: inventory.herd_instances(herd.pk) for herd in herds}
+    answers, errors = probe_all([i for group in members.values() for i in group])
     result = []
     for herd in herds:
         group = members[herd.pk]
         snap = snapshot.build(herd, group, {i.pk: answers.get(i.pk) for i in group})
-        facts = [_freshness(i, answers.get(i.pk) is not None, errors.get(i.pk, "")) for i in group]
         chosen = (targets or {}).get(herd.pk)
         plan = snapshot.plan(snap, kind, {**params, "target_id": chosen})
-        result.append((herd, plan, facts, planning.fit_replicas(snap)))
+        result.append((herd, plan, facts(group, answers, errors), planning.fit_replicas(snap)))
     return result

@@ -124,8 +124,12 @@ def _switchover_rank(snap: Snapshot):
     return rank
 
 
-def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
-    """A planned switchover: the primary is healthy; no committed transaction may be lost."""
+def plan_switchover(
+    snap: Snapshot, target_id: int | None = None, max_lag_bytes: int | None = None
+) -> Plan:
+    """A planned switchover: the primary is healthy; no committed transaction may be lost.
+    A target more than `max_lag_bytes` behind is refused (the primary would stay stopped
+    while it replays)."""
     refuse = Plan(JobKind.SWITCHOVER, snap.herd, ok=False, sentence="")
     primary = snap.primary
     if primary is None:
@@ -153,6 +157,13 @@ def plan_switchover(snap: Snapshot, target_id: int | None = None) -> Plan:
         if len(usable) > 1 and snap.environment and candidate.environment == snap.environment:
             why += f" in the herd's own environment {snap.environment}"
     behind = max(0, (primary.current_lsn or 0) - (candidate.replay_lsn or 0))
+    if max_lag_bytes is not None and behind > max_lag_bytes:
+        refuse.sentence = (
+            f"refused: {candidate.label} is now {format_bytes(behind)} behind the primary "
+            f"(limit {format_bytes(max_lag_bytes)}, ELEPHAAS_SWITCHOVER_MAX_LAG_BYTES): "
+            "nothing done; wait until it catches up"
+        )
+        return refuse
     others = [r for r in snap.replicas if r.id != candidate.id]
     plan = Plan(
         JobKind.SWITCHOVER,

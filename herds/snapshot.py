@@ -86,7 +86,9 @@ def _last_answer_age(primary: Instance | None) -> float | None:
 def plan(snap: planning.Snapshot, kind: str, params: Mapping) -> planning.Plan:
     """The plan of a switchover or failover with the options the DBA chose."""
     if kind == JobKind.SWITCHOVER:
-        return planning.plan_switchover(snap, params.get("target_id"))
+        return planning.plan_switchover(
+            snap, params.get("target_id"), max_lag_bytes=settings.SWITCHOVER_MAX_LAG_BYTES
+        )
     return planning.plan_failover(
         snap,
         max_loss_bytes=settings.FAILOVER_MAX_LOSS_BYTES,

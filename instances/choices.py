@@ -81,6 +81,39 @@ class JobState(models.TextChoices):
         return frozenset({cls.QUEUED, cls.RUNNING})
 
 
+class CampaignKind(models.TextChoices):
+    """What a campaign does: each is an ordered set of jobs of one kind, run in waves."""
+
+    SITE_SWITCHOVER = "site_switchover", "move to DR site"
+    FAILBACK = "failback", "fail back"
+    # Any bulk action a DBA wants run in waves rather than all at once.
+    JOBS = "jobs", "jobs in waves"
+
+    @classmethod
+    def site_drills(cls) -> tuple[CampaignKind, ...]:
+        return (cls.SITE_SWITCHOVER, cls.FAILBACK)
+
+
+class CampaignState(models.TextChoices):
+    """A campaign's own state; its jobs keep theirs."""
+
+    RUNNING = "running", "running"
+    # A DBA paused it: running jobs finish, no new one starts until resumed.
+    PAUSED = "paused", "paused"
+    # A job did not succeed and the campaign halts on failure: the rest wait, held,
+    # until a DBA resumes or abandons it.
+    HALTED = "halted", "halted"
+    SUCCEEDED = "succeeded", "succeeded"
+    # Ended with at least one job that did not succeed (it did not halt on failure).
+    FAILED = "failed", "finished with failures"
+    # A DBA abandoned it: its held jobs were cancelled.
+    ABANDONED = "abandoned", "abandoned"
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.ABANDONED})
+
+
 class CopyMethod(models.TextChoices):
     """How a replica's data is brought back in line with its upstream."""
 

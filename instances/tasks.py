@@ -7,7 +7,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from instances import health
-from instances.jobs import queue, runner
+from instances.jobs import campaigns, queue, runner
 
 
 @shared_task(
@@ -45,9 +45,17 @@ def send_waiting_jobs() -> int:
     return queue.send_waiting()
 
 
+@shared_task(name="instances.advance_campaigns")
+def advance_campaigns() -> int:
+    """Every unfinished campaign decides again what may start (a worker killed between a
+    job's end and its campaign's advance costs one interval)."""
+    return campaigns.advance_unfinished()
+
+
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
     """A restarted worker fails the jobs its dead predecessor on this host left running,
     and sends what waited for the broker while no worker could take it."""
     runner.reap_lost_jobs(this_host_only=True)
     queue.send_waiting()
+    campaigns.advance_unfinished()

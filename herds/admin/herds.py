@@ -6,10 +6,11 @@ queries for 10 herds as for 10,000 (tests/herds/test_admin.py).
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -26,6 +27,7 @@ from instances.wal import format_bytes
 @admin.register(Environment)
 class EnvironmentAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = ("name", "description", "herd_count", "server_count")
+    actions = ("move_to_dr_site",)
     list_filter = ()
     search_fields = ("name", "description")
     list_select_related = ()
@@ -40,6 +42,29 @@ class EnvironmentAdmin(AuditedActionsMixin, admin.ModelAdmin):
                 _server_count=correlated_count(Server.objects.all(), "environment"),
             )
         )
+
+    @admin.action(
+        description="Move to DR site: switch every herd of the selected environments over "
+        "to its DR copy",
+        permissions=["switchover"],
+    )
+    def move_to_dr_site(self, request: HttpRequest, queryset: QuerySet[Environment]):
+        from herds.admin.site_drills import move_to_dr_site
+
+        herds = list(
+            Herd.objects.filter(environment__in=queryset)
+            .select_related("environment")
+            .order_by("environment__name", "name")
+        )
+        if not herds:
+            self.message_user(request, "The selected environments have no herd.", messages.ERROR)
+            return None
+        return move_to_dr_site(
+            self, request, herds, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        )
+
+    def has_switchover_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("herds.switchover_herd")
 
     @admin.display(description="herds", ordering="_herd_count")
     def herd_count(self, environment: Environment) -> int:
@@ -114,7 +139,7 @@ class DrillActionsMixin(RefreshDNSActionMixin):
     """Switchover, failover and DNS refresh on herds and DR pairs; each declares its
     permission."""
 
-    actions = ("switchover_herds", "failover_herds", "refresh_dns_herds")
+    actions = ("switchover_herds", "failover_herds", "move_to_dr_site", "refresh_dns_herds")
 
     @admin.action(description="Planned switchover of selected herds", permissions=["switchover"])
     def switchover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
@@ -127,6 +152,18 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         from herds.admin.drills import failover_action
 
         return failover_action(self, request, queryset)
+
+    @admin.action(
+        description="Move to DR site: switch selected herds over to their DR copy",
+        permissions=["switchover"],
+    )
+    def move_to_dr_site(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from herds.admin.site_drills import move_to_dr_site
+
+        herds = list(queryset.select_related("environment").order_by("name"))
+        return move_to_dr_site(
+            self, request, herds, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        )
 
     def has_switchover_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("herds.switchover_herd")
@@ -371,6 +408,38 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def get_urls(self):
+        from herds.admin import site_drills
+
+        def view(func, **kwargs):
+            def wrapped(request, campaign_id):
+                return func(self, request, campaign_id, **kwargs)
+
+            return self.admin_site.admin_view(wrapped)
+
+        return [
+            path(
+                "site/<int:campaign_id>/",
+                view(site_drills.record_view),
+                name="herds_drill_site_record",
+            ),
+            path(
+                "site/<int:campaign_id>/export.csv",
+                view(site_drills.record_view, fmt="csv"),
+                name="herds_drill_site_csv",
+            ),
+            path(
+                "site/<int:campaign_id>/export.json",
+                view(site_drills.record_view, fmt="json"),
+                name="herds_drill_site_json",
+            ),
+            path(
+                "site/<int:campaign_id>/failback/",
+                view(site_drills.failback_view),
+                name="herds_drill_site_failback",
+            ),
+        ] + super().get_urls()
 
     @admin.display(description="RTO (s)")
     def rto(self, drill: Drill) -> str:

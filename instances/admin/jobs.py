@@ -12,6 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from elephaas.admin_security import AuditedActionsMixin
+from instances.jobs import campaigns
 from instances.jobs import queue as job_queue
 from instances.jobs.registry import JobFailed
 from instances.models import Job, JobState, JobStep
@@ -255,6 +256,8 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
                 )
                 continue
             self.message_user(request, job_queue.cancel(job, request.user))
+            if job.campaign_id:
+                campaigns.advance(job.campaign_id)
 
     @admin.action(description="Retry selected failed or cancelled jobs", permissions=["retry"])
     def retry_jobs(self, request, queryset: QuerySet) -> None:

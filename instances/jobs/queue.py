@@ -49,12 +49,16 @@ def create_jobs(
     params_for: Callable[[object], dict] | None = None,
     origin: str = JobOrigin.ADMIN,
     queue: bool = True,
+    campaign=None,
+    wave: int | None = None,
 ) -> list[Job]:
     """One queued job per target, sharing a batch id; handed to the broker when the
     transaction commits (`queue=False`: the caller runs them itself with run_inline).
     `params_for(target)` adds per-target options (e.g. the primary the DBA saw on the
     confirmation page). After the commit each job's `sent` says whether the broker took
-    it; one it did not take stays queued, with a note, for the outbox sweep."""
+    it; one it did not take stays queued, with a note, for the outbox sweep. A campaign's
+    jobs (`campaign`, `wave`) are created held and not sent: the campaign releases them
+    (instances.jobs.campaigns)."""
     batch = uuid.uuid4()
     name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
     jobs = []
@@ -68,11 +72,14 @@ def create_jobs(
                 origin=origin,
                 params={**(params or {}), **(params_for(target) if params_for else {})},
                 task_id=str(uuid.uuid4()),
+                campaign=campaign,
+                wave=wave,
+                held=campaign is not None,
                 **_target_fields(target),
             )
             jobs.append(job)
             audit.info("queued job #%s %s on %s for %s", job.pk, kind, job.target_label, name)
-        if queue and jobs:
+        if queue and jobs and campaign is None:
             transaction.on_commit(lambda: publish(jobs))
     return jobs
 
@@ -140,7 +147,7 @@ def send_waiting() -> int:
     unclaimed (a broker that lost its messages). Returns how many the broker took."""
     now = timezone.now()
     waiting = list(
-        Job.objects.filter(state=JobState.QUEUED, cancel_requested=False)
+        Job.objects.filter(state=JobState.QUEUED, cancel_requested=False, held=False)
         .filter(
             Q(sent_at__isnull=True, created_at__lt=now - timedelta(seconds=settings.OUTBOX_AFTER))
             | Q(sent_at__lt=now - timedelta(seconds=settings.OUTBOX_RESEND))

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from instances import commands, ssh
 from instances.commands import quote_argv
+from instances.jobs import campaigns
 from instances.jobs.registry import JobCancelled, JobFailed, registered
 from instances.models import Instance, Job, JobState, JobStep, Server
 
@@ -94,7 +95,20 @@ def reap_lost_jobs(*, this_host_only: bool = False) -> int:
             reaped += 1
             log.warning("job #%s: %s", job.pk, error)
             end_leftovers(job.pk)
+            advance_campaign_of(job.pk)
     return reaped
+
+
+def advance_campaign_of(job_id: int) -> None:
+    """A campaign's job ended: its campaign decides what starts next. Never fails the
+    job's own end (beat advances every unfinished campaign anyway)."""
+    campaign_id = Job.objects.filter(pk=job_id).values_list("campaign_id", flat=True).first()
+    if campaign_id is None:
+        return
+    try:
+        campaigns.advance(campaign_id)
+    except Exception:  # noqa: BLE001 - the beat sweep tries again
+        log.exception("campaign #%s: advance after job #%s failed", campaign_id, job_id)
 
 
 def end_leftovers(job_id: int) -> list[str]:
@@ -379,7 +393,9 @@ def _tail(text: str) -> str:
 
 def claim(job_id: int, task_id: str) -> bool:
     return bool(
-        Job.objects.filter(pk=job_id, state=JobState.QUEUED, cancel_requested=False).update(
+        Job.objects.filter(
+            pk=job_id, state=JobState.QUEUED, cancel_requested=False, held=False
+        ).update(
             state=JobState.RUNNING,
             started_at=timezone.now(),
             heartbeat_at=timezone.now(),
@@ -466,6 +482,7 @@ def execute(job_id: int, task_id: str = "") -> str:
         progress=F("progress") if state != JobState.SUCCEEDED else 100,
     )
     watcher.join(timeout=5)
+    advance_campaign_of(job_id)
     outcome = error or (summary.splitlines()[0] if summary else "")
     audit.info(
         "job #%s %s %s on %s for %s: %s",

@@ -100,6 +100,15 @@ class Job(models.Model):
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
+    # A campaign's job waits, held, until the campaign releases its wave: never claimed,
+    # never sent by the outbox sweep while held.
+    campaign = models.ForeignKey(
+        "instances.Campaign", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    wave = models.PositiveSmallIntegerField(null=True, blank=True)
+    held = models.BooleanField(
+        default=False, help_text="Waiting for its campaign to release its wave."
+    )
 
     objects = JobQuerySet.as_manager()
 

@@ -1,0 +1,222 @@
+"""Running campaigns: create one with its jobs held, release them wave by wave, pause,
+resume, abandon.
+
+Every change of a campaign is decided under a row lock on it (SELECT … FOR UPDATE), from
+its jobs' states (instances.campaign_planning.decide), so that two jobs ending at once,
+the beat sweep and a DBA's click never release a job twice nor miss one. `advance` runs
+when one of its jobs ends (the runner and the reaper call it), when it is created or
+resumed, and from beat every OUTBOX_INTERVAL seconds: a worker killed between a job's end
+and its campaign's advance delays the next wave by one sweep, never for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from instances.campaign_planning import Item, assign_waves, decide
+from instances.choices import CampaignState, JobOrigin, JobState
+from instances.jobs import queue
+from instances.jobs.registry import JobFailed
+from instances.models import Campaign, Job
+
+audit = logging.getLogger("elephaas.audit")
+log = logging.getLogger("elephaas.jobs")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job of a campaign: its kind, its target, its options."""
+
+    kind: str
+    target: object
+    params: dict = field(default_factory=dict)
+
+
+def create(
+    kind: str,
+    title: str,
+    entries: Sequence[Entry],
+    *,
+    user=None,
+    concurrency: int = 3,
+    canary: bool = False,
+    wave_size: int | None = None,
+    halt_on_failure: bool = True,
+    params: dict | None = None,
+    reverse_of: Campaign | None = None,
+    origin: str = JobOrigin.ADMIN,
+) -> Campaign:
+    """The campaign and all its jobs, held; its first wave is released once committed."""
+    if not entries:
+        raise JobFailed("a campaign needs at least one job")
+    if concurrency < 1:
+        raise JobFailed("a campaign's concurrency is at least 1")
+    name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
+    waves = assign_waves(len(entries), canary=canary, wave_size=wave_size)
+    with transaction.atomic():
+        campaign = Campaign.objects.create(
+            kind=kind,
+            title=title[:200],
+            requested_by=user,
+            requested_by_name=name,
+            concurrency=concurrency,
+            canary=canary,
+            halt_on_failure=halt_on_failure,
+            params=params or {},
+            reverse_of=reverse_of,
+        )
+        for entry, wave in zip(entries, waves, strict=True):
+            queue.create_jobs(
+                entry.kind,
+                [entry.target],
+                user=user,
+                params=entry.params,
+                origin=origin,
+                campaign=campaign,
+                wave=wave,
+            )
+        audit.info(
+            "campaign #%s %s (%s) of %d job(s) in %d wave(s), concurrency %d, created by %s",
+            campaign.pk,
+            kind,
+            title,
+            len(entries),
+            max(waves),
+            concurrency,
+            name,
+        )
+        transaction.on_commit(lambda: advance(campaign.pk))
+    return campaign
+
+
+def _items(campaign: Campaign) -> list[Item]:
+    return [
+        Item(pk, wave or 1, state, held)
+        for pk, wave, state, held in campaign.jobs.values_list("pk", "wave", "state", "held")
+    ]
+
+
+def advance(campaign_id: int) -> list[int]:
+    """Decide and apply what the campaign does next; returns the job ids released."""
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+        if campaign is None or (campaign.is_terminal and campaign.finished_at):
+            return []
+        decision = decide(
+            _items(campaign),
+            state=campaign.state,
+            concurrency=campaign.concurrency,
+            halt_on_failure=campaign.halt_on_failure,
+            failures_accepted=campaign.params.get("failures_accepted", []),
+            note=campaign.state_note,
+        )
+        released = []
+        if decision.release:
+            Job.objects.filter(pk__in=decision.release, held=True).update(held=False)
+            released = list(
+                Job.objects.filter(pk__in=decision.release, state=JobState.QUEUED).order_by(
+                    "wave", "pk"
+                )
+            )
+            transaction.on_commit(lambda: queue.publish(released))
+        changed = decision.state != campaign.state or decision.note != campaign.state_note
+        if changed or (decision.finished and not campaign.finished_at):
+            if decision.state != campaign.state:
+                audit.info(
+                    "campaign #%s %s → %s: %s",
+                    campaign.pk,
+                    campaign.state,
+                    decision.state,
+                    decision.note,
+                )
+            campaign.state = decision.state
+            campaign.state_note = decision.note[:500]
+            if decision.finished and not campaign.finished_at:
+                campaign.finished_at = timezone.now()
+            campaign.save(update_fields=["state", "state_note", "finished_at"])
+    if released:
+        log.info(
+            "campaign #%s released job(s) %s", campaign_id, ", ".join(f"#{j.pk}" for j in released)
+        )
+    return [j.pk for j in released]
+
+
+def advance_unfinished() -> int:
+    """The beat sweep: advance every campaign that has not ended. Returns how many jobs
+    it released."""
+    ids = Campaign.objects.exclude(finished_at__isnull=False).values_list("pk", flat=True)
+    return sum(len(advance(pk)) for pk in ids)
+
+
+def _name(user) -> str:
+    return user.get_username() if user is not None else "system"
+
+
+def pause(campaign: Campaign, user) -> str:
+    with transaction.atomic():
+        done = Campaign.objects.filter(pk=campaign.pk, state=CampaignState.RUNNING).update(
+            state=CampaignState.PAUSED, state_note=f"paused by {_name(user)}"
+        )
+    if not done:
+        return f"Campaign #{campaign.pk} is not running: nothing paused."
+    audit.info("campaign #%s paused by %s", campaign.pk, _name(user))
+    return (
+        f"Campaign #{campaign.pk} paused: the jobs running now finish, no other starts "
+        "until it is resumed."
+    )
+
+
+def resume(campaign: Campaign, user) -> str:
+    """A paused or halted campaign runs on; a halted one's failures are accepted (they
+    stay failed: retry their jobs on their own if needed)."""
+    with transaction.atomic():
+        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if locked.state not in (CampaignState.PAUSED, CampaignState.HALTED):
+            return f"Campaign #{campaign.pk} is {locked.get_state_display()}: nothing resumed."
+        failed = list(
+            locked.jobs.filter(state__in=JobState.terminal())
+            .exclude(state=JobState.SUCCEEDED)
+            .values_list("pk", flat=True)
+        )
+        locked.params = {**locked.params, "failures_accepted": failed}
+        locked.state = CampaignState.RUNNING
+        locked.state_note = f"resumed by {_name(user)}" + (
+            f", past failed job(s) {', '.join(f'#{pk}' for pk in failed)}" if failed else ""
+        )
+        locked.save(update_fields=["params", "state", "state_note"])
+        audit.info("campaign #%s resumed by %s", campaign.pk, _name(user))
+        transaction.on_commit(lambda: advance(campaign.pk))
+    return f"Campaign #{campaign.pk} resumed."
+
+
+def abandon(campaign: Campaign, user) -> str:
+    """Cancel what is still held; what runs now finishes."""
+    name = _name(user)
+    with transaction.atomic():
+        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if locked.is_terminal:
+            return f"Campaign #{campaign.pk} has already ended ({locked.get_state_display()})."
+        cancelled = Job.objects.filter(campaign=locked, held=True, state=JobState.QUEUED).update(
+            state=JobState.CANCELLED,
+            held=False,
+            finished_at=timezone.now(),
+            cancel_requested=True,
+            cancel_requested_by=name,
+            error=f"not started: campaign #{campaign.pk} abandoned by {name}",
+        )
+        locked.state = CampaignState.ABANDONED
+        locked.state_note = f"abandoned by {name}: {cancelled} held job(s) cancelled"
+        locked.save(update_fields=["state", "state_note"])
+        audit.info(
+            "campaign #%s abandoned by %s (%d held job(s) cancelled)", locked.pk, name, cancelled
+        )
+        transaction.on_commit(lambda: advance(campaign.pk))
+    return (
+        f"Campaign #{campaign.pk} abandoned: {cancelled} job(s) that had not started were "
+        "cancelled; any job running now finishes."
+    )
