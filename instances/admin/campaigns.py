@@ -16,7 +16,7 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import re_path, reverse
 from django.utils import timezone
 
 from instances.admin.display import GREEN, GREY, ORANGE, RED, badge
@@ -103,8 +103,8 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         own = [
-            path(
-                "<int:campaign_id>/<str:verb>/",
+            re_path(
+                r"^(?P<campaign_id>[0-9]+)/(?P<verb>pause|resume|abandon)/$",
                 self.admin_site.admin_view(self.control_view),
                 name="instances_campaign_control",
             ),
@@ -152,7 +152,7 @@ class CampaignAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/instances/campaign/progress.html", context)
 
-    def control_view(self, request: HttpRequest, campaign_id: int, verb: str):
+    def control_view(self, request: HttpRequest, campaign_id: str, verb: str):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         campaign = get_object_or_404(Campaign, pk=campaign_id)

@@ -25,10 +25,10 @@ from tests.helpers import add_lab_server, wait_for_job
 PORT = 5520
 
 
-def connect(host: str, lab):
+def connect(host: str, lab, port: int = PORT):
     return psycopg2.connect(
         host=host,
-        port=PORT,
+        port=port,
         dbname="postgres",
         user="elephaas",
         password=lab.secret("pg_password"),
@@ -65,9 +65,10 @@ def run(kind, herd, **params):
 class Writer(threading.Thread):
     """A client committing one row at a time until its server goes away."""
 
-    def __init__(self, host, lab):
+    def __init__(self, host, lab, port: int = PORT, first: int = 1):
         super().__init__(daemon=True)
-        self.conn = connect(host, lab)
+        self.first = first
+        self.conn = connect(host, lab, port)
         self.conn.autocommit = True
         with self.conn.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS drill_rows (v bigint PRIMARY KEY)")
@@ -76,7 +77,7 @@ class Writer(threading.Thread):
 
     def run(self):
         deadline = time.monotonic() + 120
-        value = 0
+        value = self.first - 1
         try:
             with self.conn.cursor() as cur:
                 while not self.stop.is_set() and time.monotonic() < deadline:
@@ -160,9 +161,9 @@ def caught_up(lab, numbers=(2, 3), timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def rows_on(host: str, lab, values: list[int]) -> int:
+def rows_on(host: str, lab, values: list[int], port: int = PORT) -> int:
     """How many of `values` the drill_rows table on `host` holds."""
-    conn = connect(host, lab)
+    conn = connect(host, lab, port)
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM drill_rows WHERE v = ANY(%s)", [values])
         found = cur.fetchone()[0]

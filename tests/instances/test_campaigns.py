@@ -50,7 +50,7 @@ def test_canary_first_then_waves_one_at_a_time(celery_worker, drill):
     assert [j.wave for j in jobs] == [1, 2, 2]
     assert all(j.state == JobState.SUCCEEDED and not j.held for j in jobs)
     # concurrency 1: each started only after the one before it ended
-    for before, after in zip(jobs, jobs[1:]):
+    for before, after in zip(jobs, jobs[1:], strict=False):
         assert after.started_at >= before.finished_at, (before.pk, after.pk)
     # each ran once: one reload step each
     for job in jobs:
