@@ -1,4 +1,5 @@
-"""The demo fleet: two environments, four servers, three herds, one DR copy.
+"""The demo fleet: two environments, four servers, three herds, each with its DR copy on
+srv4 (environment dr), so that "Move to DR site" and "Fail back" work on a fresh demo.
 
 The inventory is filled the way a DBA would fill it: each server is added with its host
 key fingerprint checked against the one the lab generated (never trusted on first sight),
@@ -12,9 +13,9 @@ from .state import SECRETS_DIR, LabError, servers
 
 # herd: (port, primary server, replica servers)
 HERDS = {
-    "orders": (5432, 1, [2, 4]),  # srv4 is in the dr environment: orders' DR copy
-    "billing": (5433, 2, [3]),
-    "reports": (5434, 3, [1]),
+    "orders": (5432, 1, [2, 4]),  # srv4 is in the dr environment: each herd's DR copy
+    "billing": (5433, 2, [3, 4]),
+    "reports": (5434, 3, [1, 4]),
 }
 ENVIRONMENTS = {1: "prod", 2: "prod", 3: "prod", 4: "dr"}
 
@@ -48,12 +49,13 @@ def run() -> None:
     for name in HERDS:
         for line in fleet.manage("set_vhost", name, name, "--ro-vhost", f"{name}-ro").splitlines():
             fleet.say(f"DNS: {line}")
-    # orders' replica on srv4 (environment dr) is its acknowledged DR copy.
-    fleet.say(
-        fleet.manage(
-            "acknowledge_dr", "orders", lab_servers[4].hostname, "--note", "the demo's DR copy"
-        ).strip()
-    )
+    # Each herd's replica on srv4 (environment dr) is its acknowledged DR copy.
+    for name in HERDS:
+        fleet.say(
+            fleet.manage(
+                "acknowledge_dr", name, lab_servers[4].hostname, "--note", "the demo's DR copy"
+            ).strip()
+        )
     fleet.manage("ensure_demo_admin", "--password-file", str(SECRETS_DIR / "demo_admin_password"))
     fleet.start_web()
     password = (SECRETS_DIR / "demo_admin_password").read_text().strip()
@@ -64,7 +66,8 @@ ElepHaaS demo is running.
   Login:      admin / {password}
               (the password is kept in {SECRETS_DIR / "demo_admin_password"})
   Fleet:      environments prod and dr; servers {", ".join(s.hostname for s in servers())};
-              herds {", ".join(HERDS)} (orders has its DR copy on srv4, in dr)
+              herds {", ".join(HERDS)}, each with its DR copy on srv4 (in dr):
+              Environments → prod → "Move to DR site" runs a whole-site drill
   Worker log: {fleet.LOG_DIR / "celery-worker.log"}
 
   Stop it:    make stop     (or: .venv/bin/python -m lab down)

@@ -129,6 +129,8 @@ DBA_EXTRA = {
     "herds.switchover_herd",
     "herds.failover_herd",
     "herds.refresh_dns",
+    # instances 0011: DBAs (who run site drills) pause, resume and abandon campaigns
+    "instances.control_campaign",
 } | {
     f"{app}.{verb}_{model}"
     for app, model in [
