@@ -2,9 +2,10 @@
 campaign, under a write load on every herd, through the lab's real worker and BIND.
 
 Each herd (primary on srv1..3, a replica on another of them, its DR copy on srv4) has a
-client committing one row per transaction over a libpq multi-host connection string
-(every member, target_session_attrs=read-write): it follows the switchover without any
-DNS change, reconnecting as soon as the new primary takes writes. Printed:
+client committing one row per transaction (100 per second unless --rate says) over a
+libpq multi-host connection string (every member, target_session_attrs=read-write): it
+follows the switchover without any DNS change, reconnecting as soon as the new primary
+takes writes. Printed:
 - the client-observed write gap per herd (longest time between two acknowledged commits),
   median and max, for the move and for the failback;
 - each campaign's wall time (confirmed -> every herd's job ended), and N=6 / N=1
@@ -50,8 +51,9 @@ DR = 4
 class Client(threading.Thread):
     """One row per transaction until stopped; reconnects through the multi-host string."""
 
-    def __init__(self, herd: Herd, first: int):
+    def __init__(self, herd: Herd, first: int, rate: float):
         super().__init__(daemon=True)
+        self.pause = 1 / rate if rate else 0.0
         hosts = ",".join(i.server.hostname for i in herd_instances(herd.pk))
         self.dsn = (
             f"host={hosts} port={herd.port} dbname=postgres user=elephaas "
@@ -81,6 +83,8 @@ class Client(threading.Thread):
                 self.acked.append(self.value)
                 self.times.append(time.monotonic())
                 self.value += 1
+                if self.pause:
+                    time.sleep(self.pause)
             except psycopg2.Error:
                 try:
                     if conn is not None:
@@ -163,14 +167,35 @@ def run_campaign(kind: str, herds: list[Herd], targets: dict, reverse_of=None) -
     return campaign
 
 
-def drill(herds: list[Herd], first: int) -> dict:
-    clients = [Client(h, first) for h in herds]
+STEPS = False
+
+
+def print_steps(campaign: Campaign) -> None:
+    """Where the time of a campaign's switchovers went: each step's median and max."""
+    from collections import defaultdict
+
+    from instances.models import JobStep
+
+    seconds = defaultdict(list)
+    for step in JobStep.objects.filter(job__campaign=campaign):
+        name = step.name.split(" ")[0] if " on " in step.name else step.name
+        seconds[name].append(step.duration or 0)
+    for name, values in sorted(seconds.items(), key=lambda kv: -max(kv[1])):
+        print(
+            f"    {name[:60]:60} median {statistics.median(values):.3f} s max {max(values):.3f} s"
+        )
+
+
+def drill(herds: list[Herd], first: int, rate: float) -> dict:
+    clients = [Client(h, first, rate) for h in herds]
     for client in clients:
         client.start()
     time.sleep(1)
     mark = time.monotonic()
     move = run_campaign(CampaignKind.SITE_SWITCHOVER, herds, {})
     move_gaps = [c.gap(mark) for c in clients]
+    if STEPS:
+        print_steps(move)
     time.sleep(0.5)
     mark = time.monotonic()
     back = run_campaign(
@@ -194,13 +219,27 @@ def drill(herds: list[Herd], first: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,3,6")
+    parser.add_argument("--steps", action="store_true", help="print where the time went")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=100,
+        help="commits per second per herd's client (0: as fast as it can, which on a "
+        "2-core lab measures the machine more than the drill)",
+    )
     args = parser.parse_args()
+    global STEPS
+    STEPS = args.steps
     sizes = [int(n) for n in args.sizes.split(",")]
+    print(
+        f"write load: one client per herd, one row per transaction, "
+        f"{f'{args.rate:g} commits/s each' if args.rate else 'as fast as it can'}"
+    )
     herds = build()
     results = {}
     try:
         for round_number, n in enumerate(sizes):
-            r = drill(herds[:n], first=1 + round_number * 10_000_000)
+            r = drill(herds[:n], first=1 + round_number * 10_000_000, rate=args.rate)
             results[n] = r
             gaps = r["move_gaps"] + r["back_gaps"]
             print(

@@ -124,7 +124,7 @@ def promote(
     """Promote and prove a write; record the moment (RTO). A failure here leaves the herd
     without a writable primary, so the error says which instance to check first."""
     try:
-        ctx.ssh(new.server, steps.command_for("promote", new), "promote")
+        ctx.ssh(new.server, steps.command_for("promote", new), "promote", urgent=True)
         lsn = steps.wait_writable(ctx, new)
     except (JobFailed, JobCancelled) as exc:
         finish(drill, f"promotion failed: {reason(exc)}")

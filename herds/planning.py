@@ -113,6 +113,23 @@ def _confirmed(snap: Snapshot, usable: list[Member], target_id: int) -> Member |
     )
 
 
+def repoint_steps(others: list[Member]) -> list[str]:
+    """Each other replica's step: repointed now, or, when it does not answer (or is
+    fenced), named so that nobody forgets it still follows the old primary."""
+    steps = []
+    for replica in others:
+        if replica.fenced:
+            steps.append(f"{replica.label} is fenced: left as it is (rebuild it)")
+        elif not replica.answering:
+            steps.append(
+                f"{replica.label} not answering: will need a remaster once it is back "
+                "(it would still stream from the old primary)"
+            )
+        else:
+            steps.append(f"point {replica.label} at the new primary")
+    return steps
+
+
 def _switchover_rank(snap: Snapshot):
     """A planned switchover stays in the herd's own environment unless the DBA picks the
     DR copy: same environment first, then the most replayed."""
@@ -188,7 +205,7 @@ def plan_switchover(
             if snap.vhost
             else "no vhost: DNS unchanged"
         ),
-        *[f"point {r.label} at the new primary" for r in others],
+        *repoint_steps(others),
         f"rewind {primary.label} if needed and start it as a replica of the new primary",
     ]
     return plan
@@ -322,7 +339,7 @@ def plan_failover(
             if snap.vhost
             else "no vhost: DNS unchanged"
         ),
-        *[f"point {r.label} at the new primary" for r in others],
+        *repoint_steps(others),
         f"mark {old} as needing a rebuild",
     ]
     return plan

@@ -100,11 +100,22 @@ def switchover(ctx: JobContext) -> str:
     )
     Instance.objects.filter(pk=old.pk).update(role=Role.REPLICA, upstream=new)
 
+    not_answering: list[str] = []
+
     def rest() -> str:
         problem = drills.move_dns(ctx, herd, new, drill)
         for other in instances.values():
-            if other.pk not in (old.pk, new.pk) and other.role == Role.REPLICA and other.online:
+            if other.pk in (old.pk, new.pk) or other.role != Role.REPLICA or other.fenced:
+                continue
+            live, _ = steps.try_probe(other)
+            if live is not None:
                 drills.repoint(ctx, other, new)
+            else:
+                ctx.note(
+                    f"{other.label} not answering",
+                    "not repointed: it still follows the old primary; remaster it once it is back",
+                )
+                not_answering.append(other.label)
         rejoin_as_replica(ctx, old, new, template)
         return "; ".join(p for p in (problem, drills.move_ro_dns(ctx, herd)) if p)
 
@@ -112,7 +123,12 @@ def switchover(ctx: JobContext) -> str:
     drills.finish(drill, dns_problem or "completed")
     if dns_problem:
         raise JobFailed(f"{herd.name} switched over to {new.label}, but {dns_problem}")
+    forgotten = (
+        f"; not answering, so not repointed (remaster once back): {', '.join(not_answering)}"
+        if not_answering
+        else ""
+    )
     return (
         f"{herd.name} switched over to {new.label} (RTO {drill.rto_seconds:.2f} s, "
-        f"0 bytes lost); {old.label} is now its replica"
+        f"0 bytes lost); {old.label} is now its replica{forgotten}"
     )

@@ -410,13 +410,16 @@ def fencing_command(ctx: JobContext, instance: Instance) -> str:
 # --- the control file ---------------------------------------------------------------------
 
 
-def read_controldata(ctx: JobContext, instance: Instance) -> tuple[ControlData | None, str]:
+def read_controldata(
+    ctx: JobContext, instance: Instance, *, urgent: bool = False
+) -> tuple[ControlData | None, str]:
     """pg_controldata of its data directory; (None, why) when it cannot be read."""
     result = ctx.ssh(
         instance.server,
         commands.pg_controldata(bindir(instance), instance.effective_data_dir),
         "read its control file (pg_controldata)",
         check=False,
+        urgent=urgent,
     )
     if result.exit_status != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
@@ -435,9 +438,10 @@ def stop_and_read_checkpoint(ctx: JobContext, primary: Instance) -> int:
         primary.server,
         command_for("stop", primary, mode="fast"),
         "stop the primary (fast: shutdown checkpoint, WAL sent to replicas)",
+        urgent=True,
     )
     Instance.objects.filter(pk=primary.pk).update(online=False, state_changed_at=timezone.now())
-    control, error = read_controldata(ctx, primary)
+    control, error = read_controldata(ctx, primary, urgent=True)
     if control is None:
         raise JobFailed(f"{primary.label}: cannot read its control file ({error})")
     if not control.shut_down_cleanly:

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -329,12 +329,16 @@ class JobContext:
         input: str | None = None,
         timeout: float | None = None,
         cancellable: bool = True,
+        urgent: bool = False,
     ) -> ssh.Result:
         """Run a command as a recorded step. `cancellable=False` is for the steps that put
-        things back after a failure or a cancel: they must run even then."""
+        things back after a failure or a cancel: they must run even then. `urgent` is for
+        the few commands of a drill's write gap (stopping the primary, reading its final
+        checkpoint, promoting): they never queue for a server slot behind bulk work or
+        behind the other herds of a site drill whose DR copies share a server."""
         with self.step(name, server.hostname, quote_argv(argv), cancellable=cancellable) as step:
             try:
-                with server_slot(server.hostname):
+                with nullcontext() if urgent else server_slot(server.hostname):
                     if cancellable:
                         self.check_cancel()
                     result = ssh.run(

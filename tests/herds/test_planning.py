@@ -253,3 +253,28 @@ def test_no_salvage_without_the_old_primarys_end_of_wal():
     plan = plan_failover(unknown, max_loss_bytes=MB, accept_loss=True)
     assert plan.ok and not plan.salvage_bytes and not plan.loss_exact
     assert "at least 4.0 kB lost" in plan.sentence
+
+
+def test_a_replica_that_does_not_answer_is_named_in_the_plan_as_needing_a_remaster():
+    down = member(3, "h3", answering=False)
+    fenced = member(4, "h4", fenced=True)
+    for plan in (
+        plan_switchover(snap(PRIMARY, member(2, "h2", lsn=0x5A000000), down, fenced)),
+        plan_failover(
+            snap(
+                member(1, "h1", answering=False),
+                member(2, "h2", lsn=0x5A000000),
+                down,
+                fenced,
+                known=0x5A000000,
+            ),
+            max_loss_bytes=MB,
+            accept_loss=True,
+        ),
+    ):
+        assert plan.ok and plan.candidate.id == 2, plan.sentence
+        assert "db on h3:5432 not answering: will need a remaster once it is back" in " ".join(
+            plan.steps
+        )
+        assert "point db on h3:5432 at the new primary" not in plan.steps
+        assert "db on h4:5432 is fenced: left as it is (rebuild it)" in plan.steps

@@ -152,3 +152,28 @@ def test_it_promotes_exactly_the_confirmed_target_or_refuses_without_substitutin
     record = Drill.objects.get(job=job)
     assert record.new_primary == f"drill on 127.0.1.3:{PORT}"
     assert "the target the DBA confirmed" in record.plan
+
+
+def test_a_replica_down_during_the_switchover_is_in_the_plan_and_the_result(
+    celery_worker, lab, drill
+):
+    from tests.herds.drill_lab import start, stop
+
+    before = instances(drill)
+    stop(3)
+    try:
+        job = run(
+            JobKind.SWITCHOVER,
+            drill,
+            expected_primary_id=before["127.0.1.1"].pk,
+            target_id=before["127.0.1.2"].pk,
+        )
+    finally:
+        start(3)
+    assert job.state == JobState.SUCCEEDED, job.error
+    plan = job.steps.get(name="plan").output
+    assert "127.0.1.3:5520 not answering: will need a remaster once it is back" in plan
+    assert job.steps.filter(name__contains="127.0.1.3:5520 not answering").count() == 1
+    assert "not repointed (remaster once back): drill on 127.0.1.3:5520" in job.summary
+    # It still follows the old primary: nobody pretended otherwise.
+    assert instances(drill)["127.0.1.3"].upstream_id == before["127.0.1.1"].pk

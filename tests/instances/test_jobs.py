@@ -208,3 +208,36 @@ def test_it_fails_a_job_whose_worker_was_killed_mid_job(server, lone_worker):
     assert job.state == JobState.FAILED
     assert job.error.startswith(f"the worker {job.worker} exited")
     assert "check it, then retry" in job.error
+
+
+def test_urgent_commands_never_wait_for_a_server_slot(server, settings):
+    """A drill's write-gap commands (urgent) run while bulk work holds every slot of the
+    server; an ordinary command waits for one."""
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    ctx = runner.JobContext(Job.objects.with_related().get(pk=job.pk), threading.Event())
+    with runner.server_slot(server.hostname):  # make sure the semaphore exists
+        pass
+    slot = runner._slots[server.hostname]
+    taken = 0
+    while slot.acquire(blocking=False):
+        taken += 1
+    assert taken == settings.SSH_MAX_PER_SERVER
+    try:
+        started = time.monotonic()
+        result = ctx.ssh(server, ["true"], "urgent while the server is full", urgent=True)
+        assert result.exit_status == 0 and time.monotonic() - started < 10
+        done = threading.Event()
+
+        def ordinary():
+            ctx.ssh(server, ["true"], "ordinary while the server is full")
+            done.set()
+
+        thread = threading.Thread(target=ordinary, daemon=True)
+        thread.start()
+        assert not done.wait(1.0), "an ordinary command ran without a free slot"
+        slot.release()
+        taken -= 1
+        assert done.wait(15), "the ordinary command did not run once a slot was free"
+    finally:
+        for _ in range(taken):
+            slot.release()
