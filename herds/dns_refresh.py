@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.conf import settings
 
 from herds import dns, dns_records
-from instances.choices import JobKind
+from instances.choices import JobKind, JobState
 from instances.jobs.registry import JobFailed, operation
 from instances.jobs.runner import JobContext
+from instances.models import Job
 
 
 def _dns_server() -> str:
@@ -31,10 +32,34 @@ def refresh_dns(ctx: JobContext) -> str:
     3. read-only vhost → every online replica's address (deleted when none is online).
 
     Running it twice is safe: each update replaces the name's records with the same ones.
+    Several queued at once collapse into one: a refresh of the herd that succeeded and
+    started after this one was queued read an inventory at least as new (it held the herd's
+    lock, which this job holds now), so this one has nothing left to do.
     """
     herd = ctx.job.herd
     if herd is None:
         raise JobFailed("the herd of this job no longer exists: nothing to point DNS at")
+    newer = (
+        Job.objects.filter(
+            kind=JobKind.REFRESH_DNS,
+            herd=herd,
+            state=JobState.SUCCEEDED,
+            started_at__gte=ctx.job.created_at,
+        )
+        .exclude(pk=ctx.job.pk)
+        .exclude(steps__name="already refreshed")  # name the one that did the work
+        .order_by("-finished_at")
+        .first()
+    )
+    if newer is not None:
+        ctx.note(
+            "already refreshed",
+            f"job #{newer.pk} started after this one was queued and applied the records",
+        )
+        return (
+            f"{herd.name}: nothing to do, DNS was refreshed by job #{newer.pk}, which read "
+            "the inventory after this job was queued"
+        )
     desired = dns_records.desired_records(herd, herd.instances.select_related("server"))
     ctx.note("read the inventory", desired["reason"])
     if not herd.vhost and not herd.ro_vhost:

@@ -16,6 +16,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from elephaas.admin_security import AuditedActionsMixin
+from herds import dns_records, endpoints
 from herds.admin.refresh_dns import RefreshDNSActionMixin
 from herds.models import DRCandidate, Drill, DRPair, Environment, Herd
 from instances.admin import display
@@ -196,6 +197,7 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
         (None, {"fields": ("name", "environment", "description", "owner")}),
         ("PostgreSQL", {"fields": ("pg_version", "port", "data_root", "cluster_name")}),
         ("DNS", {"fields": ("vhost", "ro_vhost")}),
+        ("Endpoints for applications", {"fields": ("endpoints",)}),
         ("Recent jobs", {"fields": ("recent_jobs",)}),
     )
     inlines = [InstanceInline, DRCandidateInline]
@@ -225,7 +227,47 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Herd | None = None):
         # Fixed at creation (see Herd.save): it is the name of a cluster on disk.
-        return ("cluster_name", "recent_jobs") if obj is not None else ("recent_jobs",)
+        if obj is not None:
+            return ("cluster_name", "recent_jobs", "endpoints")
+        return ("recent_jobs", "endpoints")
+
+    @admin.display(description="endpoints")
+    def endpoints(self, herd: Herd) -> str:
+        """The DNS names and the multi-host strings applications should use (no password:
+        they bring their own)."""
+        if herd.pk is None:
+            return "—"
+        members = [
+            i
+            for i in Instance.objects.filter(herd=herd).select_related("server").order_by("pk")
+            if not i.fenced
+        ]
+
+        def name(vhost: str) -> str:
+            try:
+                return dns_records.fqdn(vhost) if vhost else ""
+            except dns_records.DNSNameError:
+                return ""
+
+        rows = endpoints.endpoints(
+            vhost=name(herd.vhost),
+            ro_vhost=name(herd.ro_vhost),
+            port=herd.port,
+            primary=[(i.server.hostname, i.port) for i in members if i.role == Role.PRIMARY],
+            replicas=[(i.server.hostname, i.port) for i in members if i.role != Role.PRIMARY],
+        )
+        if not rows:
+            return "No vhost and no instance yet."
+        return format_html(
+            '<table id="herd-endpoints">{}</table><div class="help">Replace DBNAME; the '
+            "multi-host strings list every unfenced member and follow a switchover without "
+            "waiting for DNS.</div>",
+            format_html_join(
+                "",
+                "<tr><th>{}</th><td><code>{}</code></td><td>{}</td></tr>",
+                ((e.what, e.value, e.note) for e in rows),
+            ),
+        )
 
     @admin.display(description="primary", ordering="primary_address")
     def primary_column(self, herd: Herd) -> str:

@@ -244,6 +244,27 @@ def test_it_refreshes_a_herds_dns_through_the_worker(celery_worker, orders):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_several_queued_refreshes_of_one_herd_collapse_into_one(celery_worker, orders):
+    herd, _primary, _replica = orders
+    elephaas_dns.point_vhost(herd.vhost, "127.0.1.2", "A")  # stale
+    # Four refreshes queued together (before any ran): one updates DNS. (One queued after
+    # another started is not collapsed: that one may have read an older inventory.)
+    jobs = queue.create_jobs(JobKind.REFRESH_DNS, [herd] * 4)
+    done = [wait_for_job(job) for job in jobs]
+    assert all(j.state == JobState.SUCCEEDED for j in done), [j.error for j in done]
+    updated = [j for j in done if j.steps.filter(name__startswith="point ").exists()]
+    collapsed = [j for j in done if j.steps.filter(name="already refreshed").exists()]
+    assert len(updated) == 1 and len(collapsed) == 3
+    for job in collapsed:
+        assert f"DNS was refreshed by job #{updated[0].pk}" in job.summary
+    assert ask_bind(herd.vhost) == (dns.rcode.NOERROR, ["127.0.1.1"])
+    # A refresh queued after that one ran does its own work (the inventory may have changed).
+    [later] = queue.create_jobs(JobKind.REFRESH_DNS, [herd])
+    later = wait_for_job(later)
+    assert later.steps.filter(name__startswith="point ").exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_refuses_to_refresh_a_split_brain_herd_and_changes_nothing(orders):
     herd, _primary, replica = orders
     elephaas_dns.point_vhost(herd.vhost, "127.0.1.2", "A")
