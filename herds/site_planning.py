@@ -46,13 +46,13 @@ def gates(snap: Snapshot, facts: Facts, *, max_lag_bytes: int) -> list[Gate]:
     result = []
     target = next((r for r in snap.replicas if r.id == facts.target_id), None)
     primary = snap.primary
-    result.append(
-        Gate(
-            "target",
-            target is not None,
-            f"{target.label}: {facts.target_why}" if target is not None else facts.target_why,
-        )
-    )
+    if target is None and primary is not None and primary.id == facts.target_id:
+        why = f"{primary.label} is already the primary ({facts.target_why}): nothing to move"
+    elif target is None:
+        why = facts.target_why
+    else:
+        why = f"{target.label}: {facts.target_why}"
+    result.append(Gate("target", target is not None, why))
     # The candidate answers and streams, not too far behind.
     if target is None:
         result.append(Gate("streams", False, "no target to check"))

@@ -40,6 +40,13 @@ STATE_COLOURS = {
 SITE_RECORD_URL = "admin:herds_drill_site_record"
 
 
+def wall_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
 def campaign_badge(campaign: Campaign) -> str:
     return badge(campaign.get_state_display(), STATE_COLOURS.get(campaign.state, "#000"))
 
@@ -90,7 +97,7 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="wall time")
     def wall_time(self, campaign: Campaign) -> str:
         end = campaign.finished_at or timezone.now()
-        return f"{(end - campaign.created_at).total_seconds():.1f} s"
+        return wall_seconds((end - campaign.created_at).total_seconds())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -137,7 +144,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "ended": ended,
             "percent": int(100 * ended / len(jobs)) if jobs else 100,
             "waves": max((j.wave or 1 for j in jobs), default=0),
-            "wall_time": ((campaign.finished_at or timezone.now()) - campaign.created_at),
+            "wall_time": wall_seconds(
+                ((campaign.finished_at or timezone.now()) - campaign.created_at).total_seconds()
+            ),
             "span": span,
             "auto_refresh": not campaign.is_terminal or not campaign.finished_at,
             "can_pause": can_control and campaign.state == CampaignState.RUNNING,

@@ -90,3 +90,13 @@ def test_no_target_fails_every_dependent_gate():
     )
     assert not result["target"].ok and result["target"].detail == "no DR copy acknowledged"
     assert not result["streams"].ok and not result["version"].ok
+
+
+def test_a_target_that_is_already_the_primary_says_so():
+    result = by_name(
+        gates(snap(), facts(target_id=1, target_why="its primary before"), max_lag_bytes=MB)
+    )
+    assert not result["target"].ok
+    assert result["target"].detail == (
+        "orders on srv1 is already the primary (its primary before): nothing to move"
+    )
