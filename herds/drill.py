@@ -219,5 +219,5 @@ def repoint(ctx: JobContext, replica: Instance, upstream: Instance) -> None:
         ) from None
     steps.wait_streaming(ctx, replica, upstream)
     Instance.objects.filter(pk=replica.pk).update(
-        upstream=upstream, role=Role.REPLICA, streams_from=upstream.address
+        upstream=upstream, role=Role.REPLICA, streams_from=upstream.address, needs_remaster=False
     )

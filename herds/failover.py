@@ -132,7 +132,12 @@ def failover(ctx: JobContext) -> str:
                 if live is not None:
                     drills.repoint(ctx, other, new)
                 else:
-                    ctx.note(f"{other.label} not answering", "remaster it later")
+                    ctx.note(
+                        f"{other.label} not answering",
+                        "not repointed: it still follows the old primary; remaster it once "
+                        "it is back",
+                    )
+                    Instance.objects.filter(pk=other.pk).update(needs_remaster=True)
         return "; ".join(p for p in (problem, drills.move_ro_dns(ctx, herd)) if p)
 
     dns_problem = drills.after_promotion(ctx, herd, new, drill, rest)

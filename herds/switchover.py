@@ -116,6 +116,7 @@ def switchover(ctx: JobContext) -> str:
                     "not repointed: it still follows the old primary; remaster it once it is back",
                 )
                 not_answering.append(other.label)
+                Instance.objects.filter(pk=other.pk).update(needs_remaster=True)
         rejoin_as_replica(ctx, old, new, template)
         return "; ".join(p for p in (problem, drills.move_ro_dns(ctx, herd)) if p)
 

@@ -26,6 +26,9 @@ class ReplicationHealth(models.TextChoices):
     NOT_STREAMING = "not_streaming", "not streaming"
     # Its recorded upstream is offline: nothing to stream from.
     UPSTREAM_GONE = "upstream_gone", "upstream gone"
+    # It follows the wrong upstream: a switchover or failover could not repoint it, or its
+    # upstream is fenced. Remaster it (to its herd's primary).
+    UPSTREAM_WRONG = "upstream_wrong", "upstream wrong"
     # Offline itself, not checked yet, or the probe role may not read pg_stat_wal_receiver.
     UNKNOWN = "unknown", "unknown"
 
@@ -112,6 +115,11 @@ class CampaignState(models.TextChoices):
     @classmethod
     def terminal(cls) -> frozenset[str]:
         return frozenset({cls.SUCCEEDED, cls.FAILED, cls.ABANDONED})
+
+
+# A remaster's upstream_id meaning "each replica's herd primary, as recorded when its job
+# runs": what a DBA picks to fix many replicas of many herds at once.
+HERD_PRIMARY = 0
 
 
 class CopyMethod(models.TextChoices):

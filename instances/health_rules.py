@@ -98,9 +98,11 @@ def replication_health(instance: Any) -> ReplicationHealth | None:
     """
     if instance.role != Role.REPLICA:
         return None
+    upstream = instance.upstream if instance.upstream_id else None
+    if instance.needs_remaster or (upstream is not None and upstream.fenced):
+        return ReplicationHealth.UPSTREAM_WRONG
     if instance.online is not True:
         return ReplicationHealth.UNKNOWN
-    upstream = instance.upstream if instance.upstream_id else None
     if upstream is not None and upstream.online is False:
         return ReplicationHealth.UPSTREAM_GONE
     if instance.upstream_streaming is False:
@@ -114,7 +116,10 @@ def replication_health(instance: Any) -> ReplicationHealth | None:
 
 def replication_q(state: str) -> Q:
     """The same classification as replication_health(), as a filter on Instance."""
-    replica = Q(role=Role.REPLICA)
+    wrong = Q(role=Role.REPLICA) & (Q(needs_remaster=True) | Q(upstream__fenced=True))
+    if state == ReplicationHealth.UPSTREAM_WRONG:
+        return wrong
+    replica = Q(role=Role.REPLICA) & ~wrong
     online = replica & Q(online=True)
     gone = Q(upstream__online=False)
     lagging = Q(lag_bytes__gt=settings.HEALTH_LAG_BYTES) | Q(

@@ -400,6 +400,7 @@ def start_as_standby(ctx: JobContext, instance: Instance, upstream: Instance) ->
         upstream=upstream,
         streams_from=upstream.address,
         needs_rebuild=False,
+        needs_remaster=False,
         fenced=False,
         fence_confirmed_at=None,
         rebuild_job=None,

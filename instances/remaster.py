@@ -7,9 +7,9 @@ reload), the same step a switchover uses to repoint the other replicas.
 
 from __future__ import annotations
 
-from instances import probe, steps
+from instances import inventory, probe, steps
 from instances import rebuild_planning as rp
-from instances.choices import JobKind
+from instances.choices import HERD_PRIMARY, JobKind
 from instances.jobs.registry import JobFailed, operation
 from instances.jobs.runner import JobContext
 from instances.models import Instance
@@ -36,6 +36,12 @@ def remaster(ctx: JobContext) -> str:
     5. record the upstream on the row."""
     replica = load(ctx.job.instance_id)
     upstream_id = ctx.job.params.get("upstream_id")
+    if upstream_id == HERD_PRIMARY:
+        primary = inventory.recorded_primary(inventory.herd_instances(replica.herd_id))
+        if primary is None:
+            raise JobFailed(f"{replica.herd.name} has no recorded primary: nothing to follow")
+        ctx.note("new upstream", f"the herd's recorded primary, {primary.label}")
+        upstream_id = primary.pk
     upstream = (
         Instance.objects.select_related("server", "herd").filter(pk=upstream_id).first()
         if isinstance(upstream_id, int)
@@ -88,6 +94,9 @@ def remaster(ctx: JobContext) -> str:
     result, error = steps.try_probe(replica)
     steps.record(replica, result, error)
     Instance.objects.filter(pk=replica.pk).update(
-        upstream=upstream, streams_from=upstream.address, upstream_streaming=True
+        upstream=upstream,
+        streams_from=upstream.address,
+        upstream_streaming=True,
+        needs_remaster=False,
     )
     return f"{replica.label} now streams from {upstream.label}"

@@ -39,6 +39,7 @@ REPLICATION_COLOURS = {
     ReplicationHealth.LAGGING: ORANGE,
     ReplicationHealth.NOT_STREAMING: RED,
     ReplicationHealth.UPSTREAM_GONE: RED,
+    ReplicationHealth.UPSTREAM_WRONG: RED,
     ReplicationHealth.UNKNOWN: GREY,
 }
 
@@ -100,6 +101,13 @@ def replication_badge(instance: Instance) -> str:
         return _badge(f"lagging: {lag_text(instance)}", colour)
     if state == ReplicationHealth.UPSTREAM_GONE:
         return _badge("upstream gone", colour, f"{instance.upstream.address} is offline")
+    if state == ReplicationHealth.UPSTREAM_WRONG:
+        why = (
+            "a switchover or failover could not repoint it: remaster it to its herd's primary"
+            if instance.needs_remaster
+            else f"its upstream {instance.upstream.address} is fenced: remaster it"
+        )
+        return _badge("upstream wrong", colour, why)
     if state == ReplicationHealth.UNKNOWN:
         if instance.online is False:
             why = "the instance is offline"
@@ -145,6 +153,7 @@ def herd_health_annotations() -> dict[str, Any]:
         "health_broken": count(
             replication_q(ReplicationHealth.NOT_STREAMING)
             | replication_q(ReplicationHealth.UPSTREAM_GONE)
+            | replication_q(ReplicationHealth.UPSTREAM_WRONG)
         ),
     }
 

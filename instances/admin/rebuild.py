@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from instances import inventory
 from instances.admin.action_forms import ActionOptionsForm
 from instances.admin.actions import confirm_and_queue
-from instances.choices import CopyMethod
+from instances.choices import HERD_PRIMARY, CopyMethod
 from instances.models import Instance, JobKind, Role, correlated_count
 
 TEMPLATE = "admin/elephaas/confirm_rebuild.html"
@@ -138,11 +138,14 @@ class RemasterOptionsForm(ActionOptionsForm):
         )
         self.candidates = {c.pk: c for c in candidates}
         self.fields["upstream_id"].choices = [
-            (c.pk, f"{c} ({c.get_role_display()})") for c in candidates
+            (HERD_PRIMARY, "each replica's herd primary (as recorded when its job runs)"),
+            *((c.pk, f"{c} ({c.get_role_display()})") for c in candidates),
         ]
 
     def clean(self):
         data = super().clean()
+        if data.get("upstream_id") == HERD_PRIMARY:
+            return data
         upstream = self.candidates.get(data.get("upstream_id"))
         if upstream is None:
             return data

@@ -147,6 +147,11 @@ class Instance(models.Model):
         help_text="Its data has diverged from the herd (e.g. an old primary); it must be "
         "rebuilt or rewound before it can follow again.",
     )
+    needs_remaster = models.BooleanField(
+        default=False,
+        help_text="A switchover or failover could not repoint it (it did not answer): it "
+        "still follows the old primary until it is remastered.",
+    )
     rebuild_job = models.PositiveIntegerField(
         null=True,
         blank=True,

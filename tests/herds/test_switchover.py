@@ -155,8 +155,13 @@ def test_it_promotes_exactly_the_confirmed_target_or_refuses_without_substitutin
 
 
 def test_a_replica_down_during_the_switchover_is_in_the_plan_and_the_result(
-    celery_worker, lab, drill
+    celery_worker, lab, drill, admin_client
 ):
+    """…and it is flagged "upstream wrong" until a bulk remaster to each herd's primary
+    (the admin's "each replica's herd primary") points it at the new one."""
+    from instances.choices import HERD_PRIMARY, ReplicationHealth
+    from instances.health_rules import replication_q
+    from instances.models import Instance, Job
     from tests.herds.drill_lab import start, stop
 
     before = instances(drill)
@@ -175,5 +180,30 @@ def test_a_replica_down_during_the_switchover_is_in_the_plan_and_the_result(
     assert "127.0.1.3:5520 not answering: will need a remaster once it is back" in plan
     assert job.steps.filter(name__contains="127.0.1.3:5520 not answering").count() == 1
     assert "not repointed (remaster once back): drill on 127.0.1.3:5520" in job.summary
-    # It still follows the old primary: nobody pretended otherwise.
-    assert instances(drill)["127.0.1.3"].upstream_id == before["127.0.1.1"].pk
+    # It still follows the old primary: nobody pretended otherwise, and it is flagged.
+    left = instances(drill)["127.0.1.3"]
+    assert left.upstream_id == before["127.0.1.1"].pk and left.needs_remaster
+    wrong = Instance.objects.filter(replication_q(ReplicationHealth.UPSTREAM_WRONG))
+    assert list(wrong.values_list("pk", flat=True)) == [left.pk]
+    listed = admin_client.get("/admin/instances/instance/?replication=upstream_wrong")
+    assert listed.status_code == 200 and "upstream wrong" in listed.content.decode()
+    # The bulk fix: remaster the flagged replicas to their herd's primary.
+    response = admin_client.post(
+        "/admin/instances/instance/",
+        {
+            "action": "remaster_action",
+            "_selected_action": [left.pk],
+            "confirm": "yes",
+            "upstream_id": str(HERD_PRIMARY),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = wait_for_job(Job.objects.get(kind=JobKind.REMASTER, instance=left), timeout=60)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert (
+        "the herd's recorded primary, drill on 127.0.1.2:5520"
+        in job.steps.get(name="new upstream").output
+    )
+    fixed = instances(drill)["127.0.1.3"]
+    assert fixed.upstream_id == before["127.0.1.2"].pk and not fixed.needs_remaster
+    assert probe.wal_receiver("127.0.1.3", PORT)[:2] == ("streaming", "127.0.1.2")

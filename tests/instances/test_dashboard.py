@@ -203,14 +203,16 @@ def test_the_filter_classifies_like_the_badge():
         state: make_instance(herd=herd, role=Role.PRIMARY, online=state)
         for state in (True, False, None)
     }
+    ups["fenced"] = make_instance(herd=herd, role=Role.PRIMARY, online=False, fenced=True)
     combos = itertools.product(
         (True, False, None),  # online
-        (None, True, False),  # upstream online (None: no upstream)
+        (None, True, False, "fenced"),  # upstream online (None: no upstream)
         (True, False, None),  # upstream_streaming
         (None, 0, 20 * MB),  # lag_bytes
         (None, 1.0, 90.0),  # lag_seconds
+        (False, True),  # needs_remaster
     )
-    for online, upstream, streaming, lag, seconds in combos:
+    for online, upstream, streaming, lag, seconds, remaster in combos:
         make_instance(
             herd=herd,
             online=online,
@@ -218,6 +220,7 @@ def test_the_filter_classifies_like_the_badge():
             upstream_streaming=streaming,
             lag_bytes=lag,
             lag_seconds=seconds,
+            needs_remaster=remaster,
         )
     rows = list(Instance.objects.select_related("upstream"))
     for state in ReplicationHealth:

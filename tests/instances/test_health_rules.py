@@ -244,8 +244,9 @@ def replica(**fields):
         role=Role.REPLICA,
         online=True,
         upstream_id=1,
-        upstream=SimpleNamespace(online=True, address="db1:5432"),
+        upstream=SimpleNamespace(online=True, address="db1:5432", fenced=False),
         upstream_streaming=True,
+        needs_remaster=False,
         lag_bytes=0,
         lag_seconds=0.0,
         state_changed_at=None,
@@ -268,9 +269,24 @@ def replica(**fields):
         ({"lag_seconds": 90.0}, ReplicationHealth.LAGGING, "lagging: 0 bytes, 90 s"),
         ({"upstream_streaming": False}, ReplicationHealth.NOT_STREAMING, "not streaming"),
         (
-            {"upstream_streaming": False, "upstream": SimpleNamespace(online=False, address="a")},
+            {
+                "upstream_streaming": False,
+                "upstream": SimpleNamespace(online=False, address="a", fenced=False),
+            },
             ReplicationHealth.UPSTREAM_GONE,
             "upstream gone",
+        ),
+        # Left behind by a switchover that could not repoint it: even while offline.
+        ({"needs_remaster": True}, ReplicationHealth.UPSTREAM_WRONG, "upstream wrong"),
+        (
+            {"needs_remaster": True, "online": False},
+            ReplicationHealth.UPSTREAM_WRONG,
+            "upstream wrong",
+        ),
+        (
+            {"upstream": SimpleNamespace(online=False, address="a", fenced=True)},
+            ReplicationHealth.UPSTREAM_WRONG,
+            "upstream wrong",
         ),
         ({"online": False}, ReplicationHealth.UNKNOWN, "unknown"),
         ({"online": None}, ReplicationHealth.UNKNOWN, "unknown"),
@@ -291,7 +307,10 @@ def test_it_shows_no_replication_badge_on_a_primary():
 
 
 def test_it_escapes_what_it_shows():
-    row = replica(upstream_streaming=False, upstream=SimpleNamespace(online=False, address='<b>"x'))
+    row = replica(
+        upstream_streaming=False,
+        upstream=SimpleNamespace(online=False, address='<b>"x', fenced=False),
+    )
     html = replication_badge(row)
     assert "<b>" not in html and "&lt;b&gt;&quot;x" in html
 
