@@ -25,6 +25,7 @@ from django.utils import timezone
 from instances import commands, inventory, probe, ssh, steps
 from instances import rebuild_planning as rp
 from instances.choices import CopyMethod, JobKind, Role
+from instances.jobs import queue
 from instances.jobs.registry import JobCancelled, JobFailed, operation
 from instances.jobs.runner import JobContext, server_slot
 from instances.models import Instance, JobStep
@@ -541,4 +542,23 @@ def rebuild(ctx: JobContext) -> str:
             + ("a primary" if instance.role == Role.PRIMARY else "an upstream")
             + (f" of {', '.join(downstreams)}" if downstreams else ""),
         )
-    return rebuild_from(ctx, instance, upstream, requested)
+    summary = rebuild_from(ctx, instance, upstream, requested)
+    return summary + queue_dns_refresh(ctx, instance)
+
+
+def queue_dns_refresh(ctx: JobContext, instance: Instance) -> str:
+    """A rebuilt replica streams again: the herd's read-only vhost must list it. The DNS
+    boundary is the herds app's, so a Refresh DNS job of the herd is queued (several queued
+    together collapse into one)."""
+    herd = instance.herd
+    if not herd.ro_vhost:
+        return ""
+    [job] = queue.create_jobs(
+        JobKind.REFRESH_DNS, [herd], user=ctx.job.requested_by, origin=ctx.job.origin
+    )
+    ctx.note(
+        "DNS",
+        f"queued job #{job.pk} (refresh DNS of {herd.name}) so that "
+        f"{herd.ro_vhost} lists {instance.label}",
+    )
+    return f"; DNS refresh of {herd.name} queued (job #{job.pk})"

@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('instances', '0011_campaigns'),
+        ("instances", "0011_campaigns"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='instance',
-            name='needs_remaster',
-            field=models.BooleanField(default=False, help_text='A switchover or failover could not repoint it (it did not answer): it still follows the old primary until it is remastered.'),
+            model_name="instance",
+            name="needs_remaster",
+            field=models.BooleanField(
+                default=False,
+                help_text="A switchover or failover could not repoint it (it did not answer): it still follows the old primary until it is remastered.",
+            ),
         ),
     ]

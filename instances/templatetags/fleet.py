@@ -64,6 +64,7 @@ def fleet_counts(now: datetime | None = None) -> dict[str, Any]:
         lagging=Count("pk", filter=replication_q(ReplicationHealth.LAGGING)),
         not_streaming=Count("pk", filter=replication_q(ReplicationHealth.NOT_STREAMING)),
         upstream_gone=Count("pk", filter=replication_q(ReplicationHealth.UPSTREAM_GONE)),
+        upstream_wrong=Count("pk", filter=replication_q(ReplicationHealth.UPSTREAM_WRONG)),
         fence_unconfirmed=Count("pk", filter=Q(fenced=True, fence_confirmed_at__isnull=True)),
         last_check=Max("last_checked"),
     )
@@ -150,6 +151,7 @@ def fleet_dashboard(context: template.Context) -> dict[str, Any]:
                     (ReplicationHealth.LAGGING.value, ORANGE),
                     (ReplicationHealth.NOT_STREAMING.value, RED),
                     (ReplicationHealth.UPSTREAM_GONE.value, RED),
+                    (ReplicationHealth.UPSTREAM_WRONG.value, RED),
                 )
             ],
         ),

@@ -72,7 +72,7 @@ def build_fleet() -> None:
     ):
         make_instance(herd=herd, upstream=primary, online=True, **fields)
     make_instance(herd=herd, upstream=primary, online=False, lag_bytes=50 * MB)
-    # a herd whose primary is down: its replica's upstream is gone
+    # a herd whose primary was failed over and fenced: its replica's upstream is wrong
     herd = make_herd(environment=environment)
     down = make_instance(herd=herd, role=Role.PRIMARY, online=False, fenced=True)
     make_instance(herd=herd, upstream=down, online=True, upstream_streaming=False)
@@ -143,7 +143,8 @@ def test_it_shows_the_fleet_at_a_glance(admin_client):
         "replicas": 6,
         "lagging": 2,
         "not_streaming": 1,
-        "upstream_gone": 1,
+        "upstream_gone": 0,
+        "upstream_wrong": 1,
         "split_brain": 1,
         "split_brain_found": 1,
         "fence_unconfirmed": 1,

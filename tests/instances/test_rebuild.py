@@ -324,6 +324,31 @@ def test_it_rewinds_a_fenced_old_primary_that_diverged(celery_worker, rbt):
     assert sql(2, "SELECT count(*) FROM moved WHERE n = -1") == "0"
 
 
+def test_a_rebuild_puts_the_replica_back_under_the_read_only_vhost(celery_worker, rbt):
+    """A rebuilt replica streams again, so the herd's read-only vhost lists it: the
+    rebuild queues a Refresh DNS of the herd, which the worker runs."""
+    import secrets
+
+    from herds import dns
+
+    herd = rbt[1].herd
+    herd.ro_vhost = f"rbt-ro-{secrets.token_hex(3)}"
+    herd.save()
+    dns.set_ro_vhost(herd.ro_vhost, [])  # as after a failover that left no replica
+    try:
+        ctl(2, "stop")
+        job = run(JobKind.REBUILD, rbt[2])
+        assert_rebuilt(job, rbt[2], rbt[1], "pg_rewind")
+        refresh = Job.objects.get(kind=JobKind.REFRESH_DNS, herd=herd)
+        assert f"DNS refresh of {herd.name} queued (job #{refresh.pk})" in job.summary
+        refresh = wait_for_job(refresh, timeout=30)
+        assert refresh.state == JobState.SUCCEEDED, refresh.error
+        assert refresh.requested_by_name == job.requested_by_name
+        assert "127.0.1.2" in dns.lookup(herd.ro_vhost)
+    finally:
+        dns.delete_name(herd.ro_vhost)
+
+
 def test_it_creates_a_primary_and_refuses_a_second_one(celery_worker, rbt):
     servers = rbt["servers"]
     herd = rbt[1].herd
