@@ -119,6 +119,10 @@ JOB_LOCK_WAIT = envfloat("ELEPHAAS_JOB_LOCK_WAIT", 30.0, 0)
 JOB_HEARTBEAT = envfloat("ELEPHAAS_JOB_HEARTBEAT", 2.0, 0.1)
 JOB_LOST_AFTER = envfloat("ELEPHAAS_JOB_LOST_AFTER", 60.0, 1)
 JOB_TIME_LIMIT = envint("ELEPHAAS_JOB_TIME_LIMIT", 3600, 10)
+# A running job whose metadata database connection breaks (a restart, a failover of that
+# database) reconnects and retries its bookkeeping for this long before it gives up; its
+# target locks are taken again before its next step, or it stops there.
+METADATA_RETRY = envfloat("ELEPHAAS_METADATA_RETRY", 60.0, 0)
 # Health polling (Celery beat): how often every instance is probed, how many probes run
 # at once, and the replica lag (bytes / seconds) past which a replica is shown as lagging.
 HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)

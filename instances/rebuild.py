@@ -27,7 +27,7 @@ from instances import rebuild_planning as rp
 from instances.choices import CopyMethod, JobKind, Role
 from instances.jobs import queue
 from instances.jobs.registry import JobCancelled, JobFailed, operation
-from instances.jobs.runner import JobContext, server_slot
+from instances.jobs.runner import DB_LOST, JobContext, server_slot
 from instances.models import Instance, JobStep
 from instances.wal import format_bytes, wal_segment_number
 
@@ -126,8 +126,13 @@ class CopyMonitor(threading.Thread):
                     continue
                 self.last = progress
                 self.samples += 1
-                JobStep.objects.filter(pk=self.step.pk).update(output=progress.describe())
-                self.ctx.progress(rp.job_percent(progress.percent))
+                try:
+                    JobStep.objects.filter(pk=self.step.pk).update(output=progress.describe())
+                    self.ctx.progress(rp.job_percent(progress.percent))
+                except DB_LOST:
+                    # The metadata database restarted: the copy goes on; so does the
+                    # monitor, on a new connection at its next sample.
+                    connection.close()
         finally:
             connection.close()
 

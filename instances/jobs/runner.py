@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+)
 from django.db.models import F
 from django.utils import timezone
 
@@ -53,6 +59,25 @@ def server_slot(hostname: str) -> Iterator[None]:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+DB_LOST = (OperationalError, InterfaceError)
+
+
+def db_retry(func, what: str):
+    """Run an ORM call of the job's bookkeeping; when the metadata database connection is
+    broken (a restart), drop it and try again on a new one for up to METADATA_RETRY
+    seconds, then raise."""
+    deadline = time.monotonic() + settings.METADATA_RETRY
+    while True:
+        try:
+            return func()
+        except DB_LOST as exc:
+            connection.close()
+            if time.monotonic() > deadline:
+                raise
+            log.warning("metadata database lost while %s (%s): retrying", what, exc)
+            time.sleep(0.5)
 
 
 # --- lost jobs ------------------------------------------------------------------------------
@@ -160,12 +185,49 @@ def _pid_alive(pid: int) -> bool:
 @dataclass
 class Lock:
     raw: object  # a DB-API connection of its own, so its lifetime is exactly the job's
+    keys: list[tuple[str, int, int]]
 
     def release(self) -> None:
         try:
             self.raw.close()
         except Exception:  # noqa: BLE001 - closing is best effort; Postgres frees it anyway
             pass
+
+    def alive(self) -> bool:
+        try:
+            with self.raw.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the session (and locks) are gone
+            return False
+
+    def retake(self) -> bool:
+        """The session holding the locks died (a metadata database restart frees them):
+        take them again at once on a new connection, or say it could not."""
+        self.release()
+        try:
+            self.raw = _lock_connection()
+            with self.raw.cursor() as cur:
+                for mode, klass, key in self.keys:
+                    func = (
+                        "pg_try_advisory_lock_shared"
+                        if mode == "shared"
+                        else "pg_try_advisory_lock"
+                    )
+                    cur.execute(f"SELECT {func}(%s, %s)", [klass, key])
+                    if not cur.fetchone()[0]:
+                        return False
+            return True
+        except Exception:  # noqa: BLE001 - the database is still away: not retaken
+            return False
+
+
+def _lock_connection():
+    db = connections["default"]
+    raw = db.get_new_connection(db.get_connection_params())
+    raw.autocommit = True
+    return raw
 
 
 def lock_keys(job: Job) -> list[tuple[str, int, int]]:
@@ -188,9 +250,7 @@ def take_lock(job: Job, cancel: threading.Event) -> Lock:
     Session-level advisory locks on a connection of the job's own: Postgres releases them
     when the connection closes, including when the worker process dies mid-job.
     """
-    db = connections["default"]
-    raw = db.get_new_connection(db.get_connection_params())
-    raw.autocommit = True
+    raw = _lock_connection()
     deadline = time.monotonic() + settings.JOB_LOCK_WAIT
     held: list[tuple[str, int, int]] = []
     try:
@@ -210,7 +270,7 @@ def take_lock(job: Job, cancel: threading.Event) -> Lock:
     except BaseException:
         raw.close()
         raise
-    return Lock(raw)
+    return Lock(raw, held)
 
 
 def _busy_message(job: Job) -> str:
@@ -252,12 +312,17 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopped.wait(min(settings.JOB_HEARTBEAT, settings.JOB_TIME_LIMIT)):
-                Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
-                if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
-                    self.cancel.set()
                 if time.monotonic() > self.deadline and not self.cancel.is_set():
                     self.timed_out = True
                     self.cancel.set()
+                try:
+                    Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                    if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+                        self.cancel.set()
+                except DB_LOST:
+                    # The metadata database restarted: beat again once it is back (the
+                    # reaper only fails a job whose beat stopped for JOB_LOST_AFTER).
+                    connection.close()
         except Exception:  # noqa: BLE001 - a lost heartbeat is visible; never crash the job
             log.exception("job #%s: watcher stopped", self.job_id)
         finally:
@@ -270,9 +335,10 @@ class Watcher(threading.Thread):
 class JobContext:
     """What an operation uses to do its work and record every step."""
 
-    def __init__(self, job: Job, cancel: threading.Event) -> None:
+    def __init__(self, job: Job, cancel: threading.Event, lock: Lock | None = None) -> None:
         self.job = job
         self.cancel = cancel
+        self.lock = lock
         self._seq = job.steps.count()
         # What the job leaves behind if it ends now, and what to do about it: operations
         # set it where stopping would leave something half-done; a cancel, a time limit
@@ -294,9 +360,13 @@ class JobContext:
     ) -> Iterator[JobStep]:
         if cancellable:
             self.check_cancel()
+            self.check_lock(name)
         self._seq += 1
-        step = JobStep.objects.create(
-            job=self.job, seq=self._seq, name=name[:255], host=host[:255], command=command
+        step = db_retry(
+            lambda: JobStep.objects.create(
+                job=self.job, seq=self._seq, name=name[:255], host=host[:255], command=command
+            ),
+            "recording a step",
         )
         started = time.monotonic()
         try:
@@ -311,8 +381,41 @@ class JobContext:
                 step.ok = True
         finally:
             step.duration = time.monotonic() - started
-            step.save(update_fields=["ok", "output", "duration", "exit_status"])
-            Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
+
+            def record() -> None:
+                step.save(update_fields=["ok", "output", "duration", "exit_status"])
+                Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
+
+            db_retry(record, "recording a step")
+
+    def check_lock(self, before: str) -> None:
+        """Before each step: the session holding the target's locks is still there, or the
+        locks are taken again; otherwise the job stops here, before the step."""
+        if self.lock is None or self.lock.alive():
+            return
+        deadline = time.monotonic() + settings.METADATA_RETRY
+        while not self.lock.retake():
+            if time.monotonic() > deadline:
+                raise JobFailed(
+                    f"stopped before “{before[:80]}”: the metadata database connection that "
+                    "held this job's lock on its target broke and the lock could not be "
+                    "taken again (another job may hold it now)"
+                    + (f"; {self.leaves}" if self.leaves else "")
+                )
+            time.sleep(0.5)
+        self._seq += 1
+        db_retry(
+            lambda: JobStep.objects.create(
+                job=self.job,
+                seq=self._seq,
+                name="lock taken again",
+                output="the metadata database connection holding the target's lock broke "
+                "(a restart?); the lock was taken again before the next step",
+                ok=True,
+                duration=0,
+            ),
+            "recording a step",
+        )
 
     def note(self, name: str, detail: str = "", host: str = "") -> None:
         """A step that records a decision or a finding rather than a command."""
@@ -387,7 +490,10 @@ class JobContext:
             return done.returncode, step.output
 
     def progress(self, percent: int) -> None:
-        Job.objects.filter(pk=self.job.pk).update(progress=max(0, min(100, int(percent))))
+        value = max(0, min(100, int(percent)))
+        db_retry(
+            lambda: Job.objects.filter(pk=self.job.pk).update(progress=value), "recording progress"
+        )
 
 
 def _tail(text: str) -> str:
@@ -447,7 +553,7 @@ def execute(job_id: int, task_id: str = "") -> str:
                 "ElepHaaS older than the web's?"
             )
         lock = take_lock(job, cancel)
-        ctx = JobContext(job, cancel)
+        ctx = JobContext(job, cancel, lock)
         summary = func(ctx) or ""
         state = JobState.SUCCEEDED
     except JobCancelled:
@@ -465,6 +571,15 @@ def execute(job_id: int, task_id: str = "") -> str:
             error = f"cancelled by {by or 'a user'} while running: {leaves}"
     except JobFailed as exc:
         error = str(exc)
+    except DB_LOST as exc:
+        state = JobState.ERRORED
+        error = (
+            f"the metadata database did not answer for {settings.METADATA_RETRY:.0f} s "
+            f"(ELEPHAAS_METADATA_RETRY): {type(exc).__name__}: {str(exc).strip()[:200]}; "
+            "the target may be half-changed: check it, then retry"
+        )
+        trace = traceback.format_exc()
+        log.exception("job #%s", job_id)
     except Exception as exc:  # noqa: BLE001 - the job must end visibly whatever happened
         state = JobState.ERRORED
         error = (
@@ -477,13 +592,16 @@ def execute(job_id: int, task_id: str = "") -> str:
         watcher.stop()
         if lock:
             lock.release()
-    Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
-        state=state,
-        finished_at=timezone.now(),
-        summary=summary,
-        error=error[:2000],
-        traceback=trace,
-        progress=F("progress") if state != JobState.SUCCEEDED else 100,
+    db_retry(
+        lambda: Job.objects.filter(pk=job_id, state=JobState.RUNNING).update(
+            state=state,
+            finished_at=timezone.now(),
+            summary=summary,
+            error=error[:2000],
+            traceback=trace,
+            progress=F("progress") if state != JobState.SUCCEEDED else 100,
+        ),
+        "ending the job",
     )
     watcher.join(timeout=5)
     advance_campaign_of(job_id)
