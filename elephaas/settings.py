@@ -80,6 +80,9 @@ DATABASES = {
         "USER": envstr("ELEPHAAS_DB_USER", "elephaas"),
         "PASSWORD": envsecret("ELEPHAAS_DB_PASSWORD"),
         "CONN_MAX_AGE": envint("ELEPHAAS_DB_CONN_MAX_AGE", 60, 0),
+        # A persistent connection broken by a restart of the metadata database is noticed
+        # at the start of the next request or task, not as its first query's error.
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {"connect_timeout": envint("ELEPHAAS_DB_CONNECT_TIMEOUT", 5, 1)},
     }
 }

@@ -8,4 +8,4 @@ class HerdsConfig(AppConfig):
 
     def ready(self) -> None:
         # Herd operations register themselves with the job registry (instances.jobs).
-        from herds import dns_refresh, failover, switchover  # noqa: F401
+        from herds import dns_refresh, failover, rolling_restart, switchover  # noqa: F401

@@ -50,11 +50,12 @@ class Begun(NamedTuple):
     end_of_wal: EndOfWal | None  # a failover: the old primary's, read from its disk
 
 
-def begin(ctx: JobContext, kind: str) -> Begun:
+def begin(ctx: JobContext, kind: str, params: dict | None = None) -> Begun:
     """Live snapshot, the confirmed primary still the primary, the plan (refused: nothing
-    done), and the Drill row."""
+    done), and the Drill row. `params`: the job's own unless given (a rolling restart
+    switches over with the target it picked)."""
     herd: Herd = ctx.job.herd
-    params = ctx.job.params
+    params = ctx.job.params if params is None else params
     snap, instances = live_snapshot(herd)
     end_of_wal = None
     expected = params.get("expected_primary_id")

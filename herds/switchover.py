@@ -78,6 +78,10 @@ def rejoin_as_replica(ctx: JobContext, old: Instance, new_primary: Instance, tem
 
 @operation(JobKind.SWITCHOVER)
 def switchover(ctx: JobContext) -> str:
+    return run_switchover(ctx, ctx.job.params)
+
+
+def run_switchover(ctx: JobContext, params: dict) -> str:
     """1. live snapshot, plan (refuse clearly), check the confirmed primary is still it;
     2. stop the primary cleanly and read its final checkpoint;
     3. wait until the candidate has replayed past it (any failure or cancel up to here:
@@ -85,7 +89,7 @@ def switchover(ctx: JobContext) -> str:
     4. promote the candidate, check it accepts writes (RTO);
     5. DNS; 6. repoint the other replicas; 7. rewind and restart the old primary as a
        replica of the new one."""
-    herd, plan, instances, drill, old, _, _ = drills.begin(ctx, JobKind.SWITCHOVER)
+    herd, plan, instances, drill, old, _, _ = drills.begin(ctx, JobKind.SWITCHOVER, params)
     new = instances[plan.candidate.id]
     template = probe.probe(new.server.hostname, new.port).primary_conninfo
     try:

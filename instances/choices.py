@@ -50,6 +50,7 @@ class JobKind(models.TextChoices):
     REMASTER = "remaster", "remaster replica"
     INIT = "init", "create instance"
     FENCE = "fence", "fence (stop, keep from starting)"
+    ROLLING_RESTART = "rolling_restart", "rolling restart"
 
     @classmethod
     def drills(cls) -> tuple[JobKind, ...]:
@@ -89,6 +90,7 @@ class CampaignKind(models.TextChoices):
 
     SITE_SWITCHOVER = "site_switchover", "move to DR site"
     FAILBACK = "failback", "fail back"
+    ROLLING_RESTART = "rolling_restart", "rolling restart"
     # Any bulk action a DBA wants run in waves rather than all at once.
     JOBS = "jobs", "jobs in waves"
 

@@ -234,6 +234,17 @@ def wal_receiver(hostname: str, port: int) -> tuple[str, str, int] | None:
     return (row[0], row[1] or "", row[2] or 0) if row else None
 
 
+def pending_restart(hostname: str, port: int) -> list[str]:
+    """The settings changed in the configuration that take effect only at a restart."""
+    row = _run(
+        hostname,
+        port,
+        "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pg_settings "
+        "WHERE pending_restart",
+    )
+    return list(row[0]) if row else []
+
+
 def checkpoint(hostname: str, port: int) -> None:
     _run(hostname, port, "CHECKPOINT")
 

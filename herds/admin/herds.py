@@ -140,7 +140,13 @@ class DrillActionsMixin(RefreshDNSActionMixin):
     """Switchover, failover and DNS refresh on herds and DR pairs; each declares its
     permission."""
 
-    actions = ("switchover_herds", "failover_herds", "move_to_dr_site", "refresh_dns_herds")
+    actions = (
+        "switchover_herds",
+        "failover_herds",
+        "move_to_dr_site",
+        "rolling_restart",
+        "refresh_dns_herds",
+    )
 
     @admin.action(description="Planned switchover of selected herds", permissions=["switchover"])
     def switchover_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
@@ -165,6 +171,15 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         return move_to_dr_site(
             self, request, herds, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
         )
+
+    @admin.action(
+        description="Rolling restart of selected herds (replicas, then a switchover)",
+        permissions=["switchover"],
+    )
+    def rolling_restart(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from herds.admin.maintenance import rolling_restart_action
+
+        return rolling_restart_action(self, request, queryset)
 
     def has_switchover_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("herds.switchover_herd")

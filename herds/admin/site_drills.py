@@ -55,7 +55,7 @@ def may_drill(request: HttpRequest) -> bool:
     return request.user.has_perm("herds.switchover_herd")
 
 
-def _refuse(request: HttpRequest, what: str) -> None:
+def refuse(request: HttpRequest, what: str) -> None:
     audit.warning(
         "%s refused: %r from %s lacks herds.switchover_herd",
         what,
@@ -78,7 +78,7 @@ def site_drill_page(
 ):
     """The confirmation page, or (POST with confirm) the campaign and a redirect to it."""
     if not may_drill(request):
-        _refuse(request, "run a site drill")
+        refuse(request, "run a site drill")
     confirmed = request.POST.get("confirm") == "yes"
     form = SiteDrillForm(request.POST if confirmed else None)
     error = ""
