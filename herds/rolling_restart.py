@@ -110,6 +110,10 @@ def rolling_restart(ctx: JobContext) -> str:
     same = [r for r in restarted if r.server.environment_id == herd.environment_id]
     target = (same or restarted)[0]
     outcome = run_switchover(ctx, {"expected_primary_id": primary.pk, "target_id": target.pk})
+    # Its rejoin restarted the old primary: record what it says now (pending_restart…).
+    primary.refresh_from_db()
+    result, error = steps.try_probe(primary)
+    steps.record(primary, result, error)
     done.append(primary.label)
     return _summary(herd.name, done, skipped, outcome)
 

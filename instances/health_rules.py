@@ -169,6 +169,7 @@ def observe(
         "last_lsn": outcome.lsn,
         "receive_lsn": outcome.receive_lsn or "",
         "replay_lsn": outcome.replay_lsn or "",
+        "pending_restart": (outcome.pending_restart or "")[:500],
     }
     if role == Role.PRIMARY:
         # A primary has no upstream (a check constraint holds it): a replica promoted

@@ -37,6 +37,8 @@ class ProbeResult:
     # runs (a primary, or a replica that lost its upstream); "unknown" when the probe role
     # may not read it (it needs pg_read_all_stats).
     wal_receiver_status: str | None = None
+    # The settings whose change waits for a restart (pg_settings.pending_restart), by name.
+    pending_restart: str = ""
 
 
 QUERY = """
@@ -57,7 +59,9 @@ SELECT pg_is_in_recovery(),
                  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
        END,
        current_setting('primary_conninfo'),
-       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver LIMIT 1)
+       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver LIMIT 1),
+       (SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_settings
+         WHERE pending_restart)
 """
 
 
@@ -156,7 +160,18 @@ def probe(
         _give_back(hostname, port, conn)
     else:
         conn.close()
-    in_recovery, version_num, lsn, receive, replay, lag_bytes, lag_seconds, conninfo, wal = row
+    (
+        in_recovery,
+        version_num,
+        lsn,
+        receive,
+        replay,
+        lag_bytes,
+        lag_seconds,
+        conninfo,
+        wal,
+        pend,
+    ) = row
     return ProbeResult(
         in_recovery=in_recovery,
         version_num=version_num,
@@ -168,6 +183,7 @@ def probe(
         primary_conninfo=conninfo or "",
         duration=time.monotonic() - started,
         wal_receiver_status=wal,
+        pending_restart=pend or "",
     )
 
 

@@ -103,6 +103,7 @@ def record(instance: Instance, result: probe.ProbeResult | None, error: str = ""
             last_lsn=result.lsn,
             receive_lsn=result.receive_lsn or "",
             replay_lsn=result.replay_lsn or "",
+            pending_restart=(result.pending_restart or "")[:500],
         )
         if role == Role.PRIMARY:
             fields.update(

@@ -17,13 +17,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
 from instances.admin import display, jobs, rebuild
 from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin.actions import confirm_and_queue
-from instances.admin.display import GREY, RED, badge, online_badge
+from instances.admin.display import GREY, ORANGE, RED, badge, online_badge
 from instances.admin.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
 from instances.models import Instance, JobKind, Role, Server, correlated_count
 from instances.wal import format_bytes
@@ -234,6 +235,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
 # Observed state belongs to health polling and jobs: shown, never edited.
 OBSERVED_FIELDS = (
     "online",
+    "pending_restart",
     "last_lsn",
     "lag_bytes",
     "lag_seconds",
@@ -247,6 +249,21 @@ OBSERVED_FIELDS = (
     "created_at",
     "updated_at",
 )
+
+
+class PendingRestartFilter(admin.EmptyFieldListFilter):
+    """ "Pending restart: yes / no", from pg_settings.pending_restart as last seen."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = "pending restart"
+
+    def choices(self, changelist):
+        for choice in super().choices(changelist):
+            choice["display"] = {"Empty": "no", "Not empty": "yes"}.get(
+                str(choice["display"]), choice["display"]
+            )
+            yield choice
 
 
 @admin.register(Instance)
@@ -276,6 +293,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "fenced",
         ("fence_confirmed_at", admin.EmptyFieldListFilter),
         "needs_rebuild",
+        ("pending_restart", PendingRestartFilter),
     )
     search_fields = ("herd__name", "server__hostname", "herd__vhost")
     # upstream__server serves the upstream column; without it, one query per replica row.
@@ -361,7 +379,11 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
             shown.append("needs rebuild")
         if instance.rebuild_job is not None:
             shown.append(f"rebuild incomplete (job {instance.rebuild_job})")
-        return badge(", ".join(shown), RED) if shown else ""
+        red = badge(", ".join(shown), RED) if shown else ""
+        if instance.pending_restart:
+            pending = badge(f"restart pending: {instance.pending_restart}", ORANGE)
+            return format_html("{} {}", red, pending) if red else pending
+        return red
 
 
 def _with_context(queryset: QuerySet[Instance]) -> list[Instance]:

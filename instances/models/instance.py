@@ -147,6 +147,12 @@ class Instance(models.Model):
         help_text="Its data has diverged from the herd (e.g. an old primary); it must be "
         "rebuilt or rewound before it can follow again.",
     )
+    pending_restart = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Settings changed in its configuration that wait for a restart "
+        "(pg_settings.pending_restart), as last seen.",
+    )
     needs_remaster = models.BooleanField(
         default=False,
         help_text="A switchover or failover could not repoint it (it did not answer): it "

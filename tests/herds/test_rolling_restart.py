@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from herds.models import Drill
-from instances import probe
+from instances import health, probe
 from instances.choices import CampaignKind, CampaignState
 from instances.models import Campaign, Instance, Job, JobKind, JobState, Role
 from lab import fleet
@@ -114,6 +114,16 @@ def test_a_rolling_restart_clears_pending_restarts_under_load_losing_nothing(
     set_everywhere(lab, "ALTER SYSTEM SET max_connections = 120")  # restart-level
     set_everywhere(lab, "ALTER SYSTEM SET work_mem = '8MB'")  # reload is enough
     assert all(names == ["max_connections"] for names in pending().values()), pending()
+    # The health sweep sees it: the instance list's column and filter.
+    health.sweep()
+    assert set(Instance.objects.filter(herd=drill).values_list("pending_restart", flat=True)) == {
+        "max_connections"
+    }
+    listed = admin_client.get(
+        f"/admin/instances/instance/?herd__id__exact={drill.pk}&pending_restart__isempty=0"
+    )
+    assert listed.status_code == 200 and listed.context["cl"].result_count == 3
+    assert "restart pending: max_connections" in listed.content.decode()
     before = instances(drill)
     writer = MultiHostWriter(lab)
     writer.start()
@@ -128,6 +138,10 @@ def test_a_rolling_restart_clears_pending_restarts_under_load_losing_nothing(
     [job] = Job.objects.filter(campaign=campaign)
     assert job.kind == JobKind.ROLLING_RESTART and job.state == JobState.SUCCEEDED, job.error
     assert pending() == {host: [] for host in HOSTS}
+    # Each restart recorded what it saw: nothing pending any more in the inventory either.
+    assert set(Instance.objects.filter(herd=drill).values_list("pending_restart", flat=True)) == {
+        ""
+    }
     for host in HOSTS:
         assert probe.probe(host, PORT)  # answering
     names = list(job.steps.values_list("name", flat=True))
