@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('instances', '0013_rolling_restart_kind'),
+        ("instances", "0013_rolling_restart_kind"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='instance',
-            name='pending_restart',
-            field=models.CharField(blank=True, help_text='Settings changed in its configuration that wait for a restart (pg_settings.pending_restart), as last seen.', max_length=500),
+            model_name="instance",
+            name="pending_restart",
+            field=models.CharField(
+                blank=True,
+                help_text="Settings changed in its configuration that wait for a restart (pg_settings.pending_restart), as last seen.",
+                max_length=500,
+            ),
         ),
     ]
