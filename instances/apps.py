@@ -9,4 +9,12 @@ class InstancesConfig(AppConfig):
     def ready(self) -> None:
         # Operations register themselves with the job registry when their module loads;
         # the runner imports none of them (DESIGN.md, layers).
-        from instances import fence, init, lifecycle, rebuild, remaster, servers  # noqa: F401
+        from instances import (  # noqa: F401
+            configure,
+            fence,
+            init,
+            lifecycle,
+            rebuild,
+            remaster,
+            servers,
+        )

@@ -51,6 +51,7 @@ class JobKind(models.TextChoices):
     INIT = "init", "create instance"
     FENCE = "fence", "fence (stop, keep from starting)"
     ROLLING_RESTART = "rolling_restart", "rolling restart"
+    SET_PARAMETER = "set_parameter", "change a setting"
 
     @classmethod
     def drills(cls) -> tuple[JobKind, ...]:

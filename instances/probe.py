@@ -14,6 +14,9 @@ from datetime import datetime
 
 import psycopg2
 from django.conf import settings
+from psycopg2 import sql
+
+from instances.settings_planning import SettingRow
 
 
 class ProbeError(Exception):
@@ -259,6 +262,45 @@ def pending_restart(hostname: str, port: int) -> list[str]:
         "WHERE pending_restart",
     )
     return list(row[0]) if row else []
+
+
+SETTING_ROW = """
+SELECT name, setting, unit, vartype, context, min_val, max_val,
+       coalesce(enumvals, '{}'), pending_restart,
+       current_setting(name)
+  FROM pg_settings WHERE name = %s
+"""
+
+
+def setting(hostname: str, port: int, name: str) -> tuple[SettingRow, bool, str] | None:
+    """(the pg_settings row, its pending_restart, SHOW's text) of one parameter, or None
+    when this server has no such parameter."""
+    row = _run(hostname, port, SETTING_ROW, [name])
+    if row is None:
+        return None
+    name, value, unit, vartype, context, low, high, enumvals, pending, shown = row
+    return (
+        SettingRow(name, value or "", unit, vartype, context, low, high, tuple(enumvals)),
+        bool(pending),
+        shown or "",
+    )
+
+
+def alter_system(hostname: str, port: int, name: str, value: str) -> None:
+    """ALTER SYSTEM SET name = 'value', then pg_reload_conf(). The name is a checked
+    parameter name (settings_planning.check_name), quoted as identifiers; the value is a
+    literal: nothing of either reaches a command line."""
+    target = sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
+    conn = connect(hostname, port)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(target, sql.Literal(value)))
+            cur.execute("SELECT pg_reload_conf()")
+    except psycopg2.Error as exc:
+        raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
+    finally:
+        conn.close()
 
 
 def checkpoint(hostname: str, port: int) -> None:

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
-from instances.admin import display, jobs, rebuild
+from instances.admin import configure, display, jobs, rebuild
 from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin.actions import confirm_and_queue
 from instances.admin.display import GREY, ORANGE, RED, badge, online_badge
@@ -308,7 +308,9 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         rebuild.rebuild_action,
         rebuild.remaster_action,
         rebuild.init_action,
+        configure.change_setting_action,
     )
+    has_configure_permission = configure.has_configure_permission
     has_rebuild_permission = rebuild.has_rebuild_permission
     has_remaster_permission = rebuild.has_remaster_permission
     has_init_permission = rebuild.has_init_permission

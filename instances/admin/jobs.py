@@ -109,7 +109,7 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_per_page = 100
     date_hierarchy = "created_at"
     inlines = [JobStepInline]
-    actions = ["cancel_jobs", "retry_jobs"]
+    actions = ["cancel_jobs", "retry_jobs", "undo_settings"]
     readonly_fields = [
         "kind",
         "state_colour",
@@ -281,6 +281,18 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
         return request.user.has_perm("instances.cancel_job") or request.user.has_perm(
             "instances.cancel_any_job"
         )
+
+    @admin.action(
+        description="Undo selected setting changes (set the old values back)",
+        permissions=["configure"],
+    )
+    def undo_settings(self, request, queryset: QuerySet) -> None:
+        from instances.admin.configure import undo_setting_action
+
+        undo_setting_action(self, request, queryset)
+
+    def has_configure_permission(self, request) -> bool:
+        return request.user.has_perm("instances.configure_instance")
 
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("instances.retry_job")

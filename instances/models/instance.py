@@ -214,6 +214,7 @@ class Instance(models.Model):
             ("rebuild_instance", "Can rebuild replicas"),
             ("remaster_instance", "Can point replicas at another upstream"),
             ("init_instance", "Can create new instances"),
+            ("configure_instance", "Can change PostgreSQL settings (ALTER SYSTEM)"),
         ]
 
     def __str__(self) -> str:

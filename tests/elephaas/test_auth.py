@@ -131,6 +131,8 @@ DBA_EXTRA = {
     "herds.refresh_dns",
     # instances 0011: DBAs (who run site drills) pause, resume and abandon campaigns
     "instances.control_campaign",
+    # instances 0015: DBAs change PostgreSQL settings (ALTER SYSTEM)
+    "instances.configure_instance",
 } | {
     f"{app}.{verb}_{model}"
     for app, model in [
