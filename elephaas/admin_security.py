@@ -17,6 +17,19 @@ from django.http import HttpRequest
 audit = logging.getLogger("elephaas.audit")
 
 
+def refuse(request: HttpRequest, what: str, permission: str) -> None:
+    """Answer 403 to a request lacking `permission`, and write the attempt to the audit
+    log: for admin views that are not actions (the mixin below covers those)."""
+    audit.warning(
+        "%s refused: %r from %s lacks %s",
+        what,
+        request.user.get_username(),
+        request.META.get("REMOTE_ADDR") or "-",
+        permission,
+    )
+    raise PermissionDenied(f"You may not {what}.")
+
+
 class AuditedActionsMixin:
     """Put before admin.ModelAdmin: `class JobAdmin(AuditedActionsMixin, admin.ModelAdmin)`."""
 

@@ -34,7 +34,20 @@ def _pending(instance: Instance) -> list[str] | None:
         return None
 
 
-def _restart(ctx: JobContext, instance: Instance, upstream: Instance | None) -> None:
+def _restart(
+    ctx: JobContext, instance: Instance, upstream: Instance | None, done: list[str]
+) -> None:
+    ctx.leaves = (
+        f"restarted so far: {', '.join(done) if done else 'nothing'}; {instance.label} was "
+        "being restarted: check it"
+    )
+    try:
+        _restart_one(ctx, instance, upstream)
+    except JobFailed as exc:
+        raise JobFailed(f"rolling restart stopped: {exc}; {ctx.leaves}") from None
+
+
+def _restart_one(ctx: JobContext, instance: Instance, upstream: Instance | None) -> None:
     refuse_if_unsafe(ctx, instance, "restart")
     ctx.ssh(
         instance.server,
@@ -89,7 +102,7 @@ def rolling_restart(ctx: JobContext) -> str:
         if pending:
             ctx.note(f"{replica.label}: pending restart", ", ".join(pending))
         upstream = members.get(replica.upstream_id) if replica.upstream_id else primary
-        _restart(ctx, replica, upstream)
+        _restart(ctx, replica, upstream, done)
         done.append(replica.label)
     pending = _pending(primary)
     if only_pending and pending == []:
@@ -99,7 +112,7 @@ def rolling_restart(ctx: JobContext) -> str:
     if pending:
         ctx.note(f"{primary.label}: pending restart", ", ".join(pending))
     if mode == "in_place":
-        _restart(ctx, primary, None)
+        _restart(ctx, primary, None, done)
         done.append(primary.label)
         return _summary(herd.name, done, skipped, "the primary restarted in place")
     restarted = [r for r in replicas if r.label in done] or replicas
@@ -109,6 +122,7 @@ def rolling_restart(ctx: JobContext) -> str:
         )
     same = [r for r in restarted if r.server.environment_id == herd.environment_id]
     target = (same or restarted)[0]
+    ctx.leaves = f"replicas restarted: {', '.join(done) if done else 'none'}"
     outcome = run_switchover(ctx, {"expected_primary_id": primary.pk, "target_id": target.pk})
     # Its rejoin restarted the old primary: record what it says now (pending_restart…).
     primary.refresh_from_db()

@@ -65,7 +65,13 @@ def set_parameter(ctx: JobContext) -> str:
     # The reload is asynchronous: wait briefly until it shows (or is pending).
     deadline = time.monotonic() + 3
     while True:
-        _now, pending, shown = read(instance, name) or (None, False, "")
+        try:
+            _now, pending, shown = read(instance, name) or (None, False, "")
+        except JobFailed as exc:
+            raise JobFailed(
+                f"{instance.label}: {name} = {verdict.value!r} was written (ALTER SYSTEM, "
+                f"reloaded; it was {before}), then it stopped answering: check it"
+            ) from exc
         if pending or shown != before or time.monotonic() > deadline:
             break
         time.sleep(0.1)

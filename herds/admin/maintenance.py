@@ -8,19 +8,20 @@ herd live (herds.rolling_restart) and refuses, changing nothing, a herd in troub
 from __future__ import annotations
 
 from django import forms
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 
-from herds.admin.site_drills import may_drill, refuse
+from herds.admin.site_drills import CampaignOptionsForm, may_drill, refuse
 from instances.choices import CampaignKind, JobKind
 from instances.jobs import campaigns
 
 
-class RollingRestartForm(forms.Form):
+class RollingRestartForm(CampaignOptionsForm):
+    field_order = ["mode", "only_pending", "concurrency", "canary"]
+
     mode = forms.ChoiceField(
         choices=[
             (
@@ -38,15 +39,6 @@ class RollingRestartForm(forms.Form):
         required=False,
         label="Only instances with a pending restart",
         help_text="An instance whose pg_settings show no pending_restart is left alone.",
-    )
-    concurrency = forms.IntegerField(
-        min_value=1,
-        max_value=50,
-        initial=settings.SITE_DRILL_CONCURRENCY,
-        label="At most this many herds at once",
-    )
-    canary = forms.BooleanField(
-        required=False, initial=True, label="Canary first", help_text="The first herd alone."
     )
 
 

@@ -23,6 +23,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from elephaas import admin_security
 from herds import site_drill, site_report
 from herds.models import Herd
 from instances.choices import CampaignKind
@@ -31,7 +32,9 @@ from instances.models import Campaign
 audit = logging.getLogger("elephaas.audit")
 
 
-class SiteDrillForm(forms.Form):
+class CampaignOptionsForm(forms.Form):
+    """What every campaign of herds asks: how many at once, and the canary."""
+
     concurrency = forms.IntegerField(
         min_value=1,
         max_value=50,
@@ -42,8 +45,11 @@ class SiteDrillForm(forms.Form):
         required=False,
         initial=True,
         label="Canary first",
-        help_text="Switch the first herd alone, and the others only once it succeeded.",
+        help_text="The first herd alone, and the others only once it succeeded.",
     )
+
+
+class SiteDrillForm(CampaignOptionsForm):
     leave_out = forms.BooleanField(
         required=False,
         label="Leave out the herds that fail a gate",
@@ -56,13 +62,7 @@ def may_drill(request: HttpRequest) -> bool:
 
 
 def refuse(request: HttpRequest, what: str) -> None:
-    audit.warning(
-        "%s refused: %r from %s lacks herds.switchover_herd",
-        what,
-        request.user.get_username(),
-        request.META.get("REMOTE_ADDR") or "-",
-    )
-    raise PermissionDenied(f"You may not {what}.")
+    admin_security.refuse(request, what, "herds.switchover_herd")
 
 
 def site_drill_page(

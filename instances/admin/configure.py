@@ -12,10 +12,10 @@ import logging
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from elephaas import admin_security
 from instances import settings_check
 from instances.choices import JobKind, JobState
 from instances.jobs import queue as job_queue
@@ -39,14 +39,7 @@ class SettingForm(forms.Form):
 
 
 def refuse(request: HttpRequest, what: str) -> None:
-    audit.warning(
-        "%s refused: %r from %s lacks %s",
-        what,
-        request.user.get_username(),
-        request.META.get("REMOTE_ADDR") or "-",
-        PERMISSION,
-    )
-    raise PermissionDenied(f"You may not {what}.")
+    admin_security.refuse(request, what, PERMISSION)
 
 
 @admin.action(description="Change a setting of selected instances", permissions=["configure"])
