@@ -141,9 +141,20 @@ OUTBOX_INTERVAL = envfloat("ELEPHAAS_OUTBOX_INTERVAL", 5.0, 1)
 OUTBOX_AFTER = envfloat("ELEPHAAS_OUTBOX_AFTER", 3.0, 0)
 OUTBOX_RESEND = envfloat("ELEPHAAS_OUTBOX_RESEND", 120.0, 10)
 OUTBOX_BATCH = envint("ELEPHAAS_OUTBOX_BATCH", 500, 1)
+# Each instance's non-default settings (pg_settings) are read again after SETTINGS_INTERVAL
+# seconds; a beat task every SETTINGS_GATHER_EVERY seconds reads at most SETTINGS_BATCH
+# of those due, oldest first, so the fleet's size never makes a burst of probes.
+SETTINGS_INTERVAL = envfloat("ELEPHAAS_SETTINGS_INTERVAL", 600.0, 10)
+SETTINGS_GATHER_EVERY = envfloat("ELEPHAAS_SETTINGS_GATHER_EVERY", 60.0, 1)
+SETTINGS_BATCH = envint("ELEPHAAS_SETTINGS_BATCH", 50, 1, 10000)
 CELERY_BEAT_SCHEDULE = {
     "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
     "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
+    "gather-settings": {
+        "task": "instances.gather_settings",
+        "schedule": SETTINGS_GATHER_EVERY,
+        "options": {"expires": SETTINGS_GATHER_EVERY},
+    },
     "send-waiting-jobs": {
         "task": "instances.send_waiting_jobs",
         "schedule": OUTBOX_INTERVAL,

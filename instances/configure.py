@@ -8,14 +8,17 @@ instance's own pg_settings): a bad name or value is refused, changing nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 
-from instances import probe
+from instances import probe, settings_gather
 from instances.choices import JobKind
 from instances.jobs.registry import JobFailed, operation
 from instances.jobs.runner import JobContext, db_retry
 from instances.models import Instance, Job
 from instances.settings_planning import check, check_name
+
+log = logging.getLogger("elephaas.settings")
 
 
 def read(instance: Instance, name: str):
@@ -76,6 +79,12 @@ def set_parameter(ctx: JobContext) -> str:
             break
         time.sleep(0.1)
     ctx.note("read it back", f"{name} = {shown}" + ("; pending a restart" if pending else ""))
+    # The instance page and the fleet-wide search show the new value now, not at the
+    # next gathering; a failure here is only a stale page, never a failed change.
+    try:
+        settings_gather.gather([instance])
+    except Exception:  # noqa: BLE001
+        log.exception("gathering the settings of %s after a change", instance.pk)
     if pending:
         Instance.objects.filter(pk=instance.pk).update(
             pending_restart=",".join(

@@ -286,6 +286,34 @@ def setting(hostname: str, port: int, name: str) -> tuple[SettingRow, bool, str]
     )
 
 
+NON_DEFAULT_SETTINGS = """
+SELECT name, coalesce(setting, ''), coalesce(unit, ''), source, pending_restart,
+       coalesce(current_setting(name, true), '')
+  FROM pg_settings
+ -- Neither the built-in default nor this connection's own (client, session) values; a
+ -- setting written but waiting for a restart counts even while its old value is default.
+ WHERE source NOT IN ('default', 'override', 'client', 'session') OR pending_restart
+ ORDER BY name
+"""
+
+
+def non_default_settings(
+    hostname: str, port: int, timeout: float
+) -> list[tuple[str, str, str, str, bool, str]]:
+    """(name, setting, unit, source, pending_restart, SHOW's text) of every setting that
+    is not PostgreSQL's built-in default, bounded by `timeout` to connect and to answer."""
+    conn = connect(hostname, port, statement_timeout=timeout, connect_timeout=max(1, int(timeout)))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(NON_DEFAULT_SETTINGS)
+            return [tuple(row) for row in cur.fetchall()]
+    except psycopg2.Error as exc:
+        raise ProbeError(f"{hostname}:{port}", _first_line(exc)) from None
+    finally:
+        conn.close()
+
+
 def alter_system(hostname: str, port: int, name: str, value: str) -> None:
     """ALTER SYSTEM SET name = 'value', then pg_reload_conf(). The name is a checked
     parameter name (settings_planning.check_name), quoted as identifiers; the value is a

@@ -105,6 +105,10 @@ def record(instance: Instance, result: probe.ProbeResult | None, error: str = ""
             replay_lsn=result.replay_lsn or "",
             pending_restart=(result.pending_restart or "")[:500],
         )
+        if fields["pending_restart"] != instance.pending_restart:
+            # A restart applied (or a change now waits for) settings: gather them at the
+            # next round rather than show the old ones for SETTINGS_INTERVAL.
+            fields["settings_seen_at"] = None
         if role == Role.PRIMARY:
             fields.update(
                 upstream=None,

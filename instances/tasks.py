@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from instances import health
+from instances import health, settings_gather
 from instances.jobs import campaigns, queue, runner
 
 
@@ -37,6 +37,16 @@ def reap_lost_jobs() -> int:
 def poll_health() -> dict:
     """Probe every instance and record what was seen (instances.health.sweep)."""
     return health.sweep().as_dict()
+
+
+@shared_task(
+    name="instances.gather_settings",
+    soft_time_limit=max(60, 4 * settings.PG_PROBE_CONNECT_TIMEOUT),
+    time_limit=max(60, 4 * settings.PG_PROBE_CONNECT_TIMEOUT) + 30,
+)
+def gather_settings() -> dict:
+    """Read the non-default settings of the instances due (instances.settings_gather)."""
+    return settings_gather.gather_due().as_dict()
 
 
 @shared_task(name="instances.send_waiting_jobs")

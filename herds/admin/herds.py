@@ -213,6 +213,7 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
         ("PostgreSQL", {"fields": ("pg_version", "port", "data_root", "cluster_name")}),
         ("DNS", {"fields": ("vhost", "ro_vhost")}),
         ("Endpoints for applications", {"fields": ("endpoints",)}),
+        ("Configuration drift between members", {"fields": ("settings_drift",)}),
         ("Recent jobs", {"fields": ("recent_jobs",)}),
     )
     inlines = [InstanceInline, DRCandidateInline]
@@ -243,8 +244,16 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Herd | None = None):
         # Fixed at creation (see Herd.save): it is the name of a cluster on disk.
         if obj is not None:
-            return ("cluster_name", "recent_jobs", "endpoints")
-        return ("recent_jobs", "endpoints")
+            return ("cluster_name", "recent_jobs", "endpoints", "settings_drift")
+        return ("recent_jobs", "endpoints", "settings_drift")
+
+    @admin.display(description="settings")
+    def settings_drift(self, herd: Herd) -> str:
+        if herd.pk is None:
+            return "—"
+        from instances.admin.settings_view import herd_drift_html
+
+        return herd_drift_html(herd.pk)
 
     @admin.display(description="endpoints")
     def endpoints(self, herd: Herd) -> str:

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds.models import Herd
-from instances.admin import configure, display, jobs, rebuild
+from instances.admin import configure, display, jobs, rebuild, settings_view
 from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin.actions import confirm_and_queue
 from instances.admin.display import GREY, ORANGE, RED, badge, online_badge
@@ -317,7 +317,7 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     ordering = ("herd__name", "server__hostname", "port")
     autocomplete_fields = ("herd", "server", "upstream")
     # Observed state belongs to health polling and jobs; a DBA edits topology and flags.
-    readonly_fields = (*OBSERVED_FIELDS, "recent_jobs")
+    readonly_fields = (*OBSERVED_FIELDS, "settings_seen_at", "non_default_settings", "recent_jobs")
     fieldsets = (
         (None, {"fields": ("herd", "server", "port", "pg_version", "data_dir")}),
         ("Replication", {"fields": ("role", "upstream")}),
@@ -326,8 +326,16 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
             "Observed state",
             {"fields": OBSERVED_FIELDS},
         ),
+        (
+            "Settings (non-default, from pg_settings)",
+            {"fields": ("non_default_settings",), "classes": ("collapse",)},
+        ),
         ("Recent jobs", {"fields": ("recent_jobs",)}),
     )
+
+    @admin.display(description="settings")
+    def non_default_settings(self, instance: Instance) -> str:
+        return settings_view.instance_settings_html(instance)
 
     @admin.display(description="recent jobs")
     def recent_jobs(self, instance: Instance) -> str:

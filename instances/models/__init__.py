@@ -5,6 +5,7 @@ from instances.models.campaign import Campaign
 from instances.models.instance import Instance, InstanceQuerySet, correlated_count
 from instances.models.job import Job, JobKind, JobOrigin, JobQuerySet, JobState, JobStep
 from instances.models.server import Server, default_ssh_port, default_ssh_user
+from instances.models.setting import InstanceSetting
 
 __all__ = [
     "Campaign",
@@ -16,6 +17,7 @@ __all__ = [
     "JobState",
     "JobStep",
     "InstanceQuerySet",
+    "InstanceSetting",
     "Role",
     "Server",
     "correlated_count",

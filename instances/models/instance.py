@@ -153,6 +153,13 @@ class Instance(models.Model):
         help_text="Settings changed in its configuration that wait for a restart "
         "(pg_settings.pending_restart), as last seen.",
     )
+    settings_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        verbose_name="settings gathered",
+        help_text="When its non-default settings were last read from pg_settings; blank: "
+        "due at the next gathering.",
+    )
     needs_remaster = models.BooleanField(
         default=False,
         help_text="A switchover or failover could not repoint it (it did not answer): it "
