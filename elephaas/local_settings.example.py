@@ -34,6 +34,13 @@ Values shown are the defaults.
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
 # ELEPHAAS_JOB_TIME_LIMIT=3600
 
+# --- Health and configuration polling (Celery beat) ---------------------------------------
+# ELEPHAAS_HEALTH_INTERVAL=30           seconds between health sweeps
+# ELEPHAAS_HEALTH_CONCURRENCY=32        probes at once
+# ELEPHAAS_SETTINGS_INTERVAL=600        seconds after which an instance's settings are read again
+# ELEPHAAS_SETTINGS_GATHER_EVERY=60     seconds between gatherings of the instances due
+# ELEPHAAS_SETTINGS_BATCH=50            instances one gathering reads at most
+
 # --- SSH -------------------------------------------------------------------------------
 # ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
 # ELEPHAAS_SSH_USER=postgres

@@ -87,12 +87,15 @@ class Drift:
     values: tuple[str | None, ...]
     # Per member: differs from the reference member (the primary).
     differs: tuple[bool, ...]
+    # Per member: a value written but waiting for a restart (drift in the making).
+    pending: tuple[bool, ...] = ()
 
 
 def drift(members: Sequence[Mapping[str, Seen]], reference: int = 0) -> list[Drift]:
     """The settings whose value is not the same on every member (a member without a row
-    runs the built-in default), by name; PER_MEMBER settings are left out. `reference`
-    is the index of the member the others are compared with (the primary)."""
+    runs the built-in default), or that wait for a restart on some members only, by name;
+    PER_MEMBER settings are left out. `reference` is the index of the member the others
+    are compared with (the primary)."""
     if len(members) < 2:
         return []
     if not 0 <= reference < len(members):
@@ -100,7 +103,10 @@ def drift(members: Sequence[Mapping[str, Seen]], reference: int = 0) -> list[Dri
     names = sorted({name for seen in members for name in seen} - PER_MEMBER)
     result = []
     for name in names:
-        keys = [seen[name].key if name in seen else None for seen in members]
+        keys = [
+            (*seen[name].key, seen[name].pending_restart) if name in seen else None
+            for seen in members
+        ]
         if len(set(keys)) < 2:
             continue
         result.append(
@@ -108,6 +114,7 @@ def drift(members: Sequence[Mapping[str, Seen]], reference: int = 0) -> list[Dri
                 name=name,
                 values=tuple(seen[name].shown if name in seen else None for seen in members),
                 differs=tuple(key != keys[reference] for key in keys),
+                pending=tuple(name in seen and seen[name].pending_restart for seen in members),
             )
         )
     return result

@@ -98,7 +98,16 @@ def gather(instances: list[Instance]) -> GatherSummary:
                 )
         if gone:
             summary.deleted = InstanceSetting.objects.filter(gone).delete()[0]
-        Instance.objects.filter(pk__in=answered).update(settings_seen_at=now)
+        # The instance list's "restart pending" column follows what was just seen: one
+        # UPDATE per distinct list (nearly always one: none pending).
+        by_pending: dict[str, list[int]] = {}
+        for pk, rows in answered.items():
+            pending = ",".join(sorted(n for n, seen in rows.items() if seen.pending_restart))
+            by_pending.setdefault(pending[:500], []).append(pk)
+        for pending, pks in by_pending.items():
+            Instance.objects.filter(pk__in=pks).update(
+                settings_seen_at=now, pending_restart=pending
+            )
     write = new_value + same_value
     summary.written = len(write)
     return summary

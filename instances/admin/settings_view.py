@@ -9,7 +9,7 @@ name runs PostgreSQL's built-in default.
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -20,6 +20,7 @@ from instances.models import Instance, InstanceSetting
 from instances.settings_drift import Seen, drift, parse_query
 
 DRIFT_BG = "#fff3cd"
+VALUE_SUMMARY_ROWS = 20
 
 
 class SettingNameFilter(admin.SimpleListFilter):
@@ -45,8 +46,6 @@ class InstanceSettingAdmin(admin.ModelAdmin):
         "value_column",
         "instance_link",
         "herd_column",
-        "role_column",
-        "source",
         "pending_column",
         "since",
     )
@@ -78,6 +77,29 @@ class InstanceSettingAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        """With one parameter chosen (its filter, or a `name = value` search), a summary
+        above the list: each value it has across the fleet and on how many instances, and
+        how many gathered instances run the built-in default (three queries)."""
+        query = parse_query(request.GET.get("q", ""))
+        name = request.GET.get("name") or (query.name if query else "")
+        extra_context = dict(extra_context or {})
+        if name:
+            counts = list(
+                InstanceSetting.objects.filter(name=name)
+                .values("shown")
+                .annotate(n=Count("pk"), pending=Count("pk", filter=Q(pending_restart=True)))
+                .order_by("-n", "shown")[:VALUE_SUMMARY_ROWS]
+            )
+            gathered = Instance.objects.filter(settings_seen_at__isnull=False).count()
+            with_row = InstanceSetting.objects.filter(name=name).count()
+            extra_context.update(
+                value_counts=counts,
+                value_counts_name=name,
+                value_counts_default=max(0, gathered - with_row),
+            )
+        return super().changelist_view(request, extra_context)
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
         query = parse_query(search_term)
         if query is None:
@@ -88,24 +110,25 @@ class InstanceSettingAdmin(admin.ModelAdmin):
 
     @admin.display(description="value", ordering="shown")
     def value_column(self, row: InstanceSetting) -> str:
-        return format_html("<code>{}</code>", row.shown)
+        return format_html('<code title="source: {}">{}</code>', row.source, row.shown)
 
     @admin.display(description="instance", ordering="instance__server__hostname")
     def instance_link(self, row: InstanceSetting) -> str:
         url = reverse("admin:instances_instance_change", args=[row.instance_id])
-        return format_html('<a href="{}">{}</a>', url, row.instance.address)
+        return format_html(
+            '<a href="{}">{}</a> <span class="quiet">{}</span>',
+            url,
+            row.instance.address,
+            row.instance.get_role_display(),
+        )
 
     @admin.display(description="herd", ordering="instance__herd__name")
     def herd_column(self, row: InstanceSetting) -> str:
         return row.instance.herd.name
 
-    @admin.display(description="role")
-    def role_column(self, row: InstanceSetting) -> str:
-        return row.instance.get_role_display()
-
-    @admin.display(description="pending restart", ordering="pending_restart")
+    @admin.display(description="restart", ordering="pending_restart")
     def pending_column(self, row: InstanceSetting) -> str:
-        return badge("restart pending", ORANGE) if row.pending_restart else ""
+        return badge("pending", ORANGE) if row.pending_restart else ""
 
 
 def instance_settings_html(instance: Instance) -> str:
@@ -183,8 +206,10 @@ def herd_drift_html(herd_id: int) -> str:
         ((i.address, badge(i.get_role_display(), GREY)) for i in members),
     )
 
-    def cell(value: str | None, differs: bool) -> str:
+    def cell(value: str | None, differs: bool, pending: bool) -> str:
         text = format_html("<code>{}</code>", value) if value is not None else "(default)"
+        if pending:
+            text = format_html("{} {}", text, badge("↻ restart pending", ORANGE))
         if differs:
             return format_html(
                 '<td class="drift" style="background: {}; color: {}; font-weight: bold" '
@@ -202,7 +227,12 @@ def herd_drift_html(herd_id: int) -> str:
             (
                 d.name,
                 format_html_join(
-                    "", "{}", ((cell(v, x),) for v, x in zip(d.values, d.differs, strict=True))
+                    "",
+                    "{}",
+                    (
+                        (cell(v, x, p),)
+                        for v, x, p in zip(d.values, d.differs, d.pending, strict=True)
+                    ),
                 ),
             )
             for d in rows

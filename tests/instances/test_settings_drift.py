@@ -79,6 +79,16 @@ def test_it_compares_base_units_not_show_text():
     assert [d.name for d in drift([a, c])] == ["max_wal_size"]
 
 
+def test_it_flags_a_restart_pending_on_some_members_only():
+    # Written on one member, not yet in effect: the same value now, different after a
+    # restart. On every member alike, it is no drift.
+    a = {"max_connections": seen("max_connections", "100")}
+    b = {"max_connections": seen("max_connections", "100", pending_restart=True)}
+    [row] = drift([a, b])
+    assert row.pending == (False, True) and row.differs == (False, True)
+    assert drift([b, b]) == []
+
+
 def test_it_ignores_each_members_own_settings():
     a = {name: seen(name, "a") for name in PER_MEMBER}
     b = {name: seen(name, "b") for name in PER_MEMBER}

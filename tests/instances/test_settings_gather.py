@@ -115,8 +115,13 @@ def test_it_gathers_shows_drift_and_finds_settings_by_value(celery_worker, gset,
     assert rows(primary)["max_connections"].pending_restart
     assert rows(replica)["max_connections"].pending_restart
     assert rows(primary)["max_connections"].shown == "50"  # not yet: needs a restart
+    primary.refresh_from_db()
+    assert primary.pending_restart == "max_connections"  # the instance list's column
+    # Pending on both members alike: no drift; work_mem still is.
+    assert "1 setting(s) differ between members" in herd_page(admin_client, herd)
     pending = search(admin_client, pending_restart__exact="1", name="max_connections")
     assert primary.address in pending and replica.address in pending
+    assert 'id="setting-values"' in pending and "max_connections across the fleet" in pending
     same = search(admin_client, "max_connections = 50", **{"instance__herd__id__exact": herd.pk})
     assert primary.address in same and replica.address in same
     other = search(admin_client, "max_connections != 50", **{"instance__herd__id__exact": herd.pk})
