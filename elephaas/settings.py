@@ -17,9 +17,11 @@ from .envconf import envbool, envfloat, envint, envlist, envsecret, envstr, load
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# The lab writes its addresses and secret-file paths here; real deployments set the
+# The lab writes its addresses and secret-file paths here (LAB_DIR/elephaas.env, so that
+# LAB_DIR=.lab-scale points benchmarks at the scale lab); real deployments set the
 # variables in their unit files (debian/) and have no such file.
-load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", BASE_DIR / ".lab" / "elephaas.env")))
+_LAB_DIR = Path(os.environ["LAB_DIR"]).resolve() if os.environ.get("LAB_DIR") else BASE_DIR / ".lab"
+load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", _LAB_DIR / "elephaas.env")))
 
 DEBUG = envbool("ELEPHAAS_DEBUG", False)
 SECRET_KEY = envsecret("ELEPHAAS_SECRET_KEY")
