@@ -131,7 +131,12 @@ METADATA_RETRY = envfloat("ELEPHAAS_METADATA_RETRY", 60.0, 0)
 # Health polling (Celery beat): how often every instance is probed, how many probes run
 # at once, and the replica lag (bytes / seconds) past which a replica is shown as lagging.
 HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)
-HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 32, 1, 1024)
+# Enough probe threads for a fleet of hundreds at once: a probe that waits on a silent
+# address holds its thread until PG_PROBE_CONNECT_TIMEOUT, and with 32 threads 50 such
+# addresses made a 200-instance sweep 10 s instead of 5 (bench_health). What answered
+# within HEALTH_FIRST_WRITE seconds is written at once, the silent ones when they time out.
+HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 256, 1, 4096)
+HEALTH_FIRST_WRITE = envfloat("ELEPHAAS_HEALTH_FIRST_WRITE", 1.0, 0)
 HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
 HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
 # The broker only rings the bell; the jobs table is the queue of record. A request waits
