@@ -886,6 +886,9 @@ def write_env_file() -> None:
         "ELEPHAAS_LDAP_USER_BASE": f"ou=people,{LDAP_BASE}",
         "ELEPHAAS_LDAP_GROUP_BASE": f"ou=groups,{LDAP_BASE}",
     }
+    if PROFILE.worker_concurrency != 16:
+        # So that what reads the settings (benchmarks) knows the lab worker's threads.
+        values["ELEPHAAS_WORKER_CONCURRENCY"] = PROFILE.worker_concurrency
     lines = ["# written by `python -m lab up`: the lab's addresses and secret files"]
     lines += [f"{key}={value}" for key, value in values.items()]
     ENV_FILE.write_text("\n".join(lines) + "\n")
@@ -947,7 +950,7 @@ def restart_worker() -> int:
     pid = proc.running_from(worker_pidfile())
     if pid:
         proc.stop_pid(pid, "Celery worker", timeout=30)
-    concurrency = int(os.environ.get("ELEPHAAS_WORKER_CONCURRENCY", "16"))
+    concurrency = int(os.environ.get("ELEPHAAS_WORKER_CONCURRENCY") or PROFILE.worker_concurrency)
     argv = worker_argv("lab@%h", concurrency)
     pid = proc.spawn(
         argv, worker_pidfile(), LOG_DIR / "celery-worker.log", env=django_env(), cwd=REPO_DIR
