@@ -90,6 +90,14 @@ def wait_jobs(ids: Iterable[int], timeout: float = 600) -> list:
     return jobs
 
 
+def by_controller(jobs: Iterable) -> str:
+    """How many of the jobs each controller (worker host) ran: `vm 52, controller-2 48`."""
+    from collections import Counter
+
+    hosts = Counter(j.worker.rsplit(":", 1)[0] for j in jobs if j.worker)
+    return ", ".join(f"{host} {count}" for host, count in hosts.most_common())
+
+
 def discover(rows: Sequence) -> float:
     """Discover the servers through the lab's worker; seconds from queueing to the last
     job's end."""

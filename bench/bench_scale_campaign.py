@@ -42,7 +42,7 @@ import django  # noqa: E402
 django.setup()
 
 from _drill import Client, print_steps, run_campaign  # noqa: E402
-from _scale import require_worker, scale_inventory  # noqa: E402
+from _scale import by_controller, require_worker, scale_inventory  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from herds import site_drill  # noqa: E402
@@ -104,6 +104,7 @@ def drill(herds: list[Herd], first: int, rate: float, concurrency: int, steps: b
     for client in clients:
         client.halt.set()
         client.join(timeout=30)
+    print(f"  ran on: {by_controller(Job.objects.filter(campaign__in=[move, back]))}", flush=True)
     result = {
         "move": move.wall,
         "back": back.wall,

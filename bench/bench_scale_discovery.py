@@ -36,6 +36,7 @@ import django  # noqa: E402
 django.setup()
 
 from _scale import (  # noqa: E402
+    by_controller,
     discover,
     require_scale_lab,
     require_worker,
@@ -66,7 +67,8 @@ def where_time_went(rows, since_pk: int) -> str:
         f"queue wait median {statistics.median(waits):.2f} s max {max(waits):.2f} s; "
         f"job median {statistics.median(runs):.2f} s max {max(runs):.2f} s; "
         f"pg_lsclusters step median {statistics.median(listing) * 1000:.0f} ms; "
-        f"SQL probe median {statistics.median(probes) * 1000:.0f} ms ({len(probes)} probes)"
+        f"SQL probe median {statistics.median(probes) * 1000:.0f} ms ({len(probes)} probes); "
+        f"ran on: {by_controller(jobs)}"
     )
 
 

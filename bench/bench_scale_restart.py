@@ -34,7 +34,14 @@ import django  # noqa: E402
 
 django.setup()
 
-from _scale import require_worker, run_by_hand, scale_inventory, ssh_argv, wait_jobs  # noqa: E402
+from _scale import (  # noqa: E402
+    by_controller,
+    require_worker,
+    run_by_hand,
+    scale_inventory,
+    ssh_argv,
+    wait_jobs,
+)
 from django.conf import settings  # noqa: E402
 from django.db import connections  # noqa: E402
 
@@ -123,7 +130,7 @@ def where_time_went(jobs) -> str:
         f"queue wait median {statistics.median(waits):.2f} s max {max(waits):.2f} s; "
         f"job median {statistics.median(runs):.2f} s max {max(runs):.2f} s; restart "
         f"command median {statistics.median(restart):.2f} s; wait until accepting median "
-        f"{statistics.median(waiting):.2f} s"
+        f"{statistics.median(waiting):.2f} s; ran on: {by_controller(jobs)}"
     )
 
 

@@ -87,12 +87,13 @@ def _require_tools() -> None:
         )
 
 
-def start_host(name: str, index: int) -> Controller:
-    """The controller's namespaces and network; no worker yet.
+def start_host(name: str, index: int, *, tied: bool = False) -> Controller:
+    """The controller's namespaces and network; no worker yet. `tied`: it ends when the
+    calling process does (a test session), not only on stop_host (the lab's).
 
     1. a holder process (`sleep`, pid 1 of a new PID namespace) in new network, mount,
-       UTS and PID namespaces, with its hostname and a private /tmp; it dies with the
-       process that started it (`--kill-child`), taking the namespaces with it;
+       UTS and PID namespaces, with its hostname and a private /tmp; when the `unshare`
+       that made them ends, it is killed (`--kill-child`), taking the namespaces with it;
     2. a veth pair: 198.18.<index>.1 on the lab's side, .2 inside, 127/8 routed over it;
     3. route_localnet on both ends, and the nftables snat rule on the lab's side.
     """
@@ -124,7 +125,7 @@ def start_host(name: str, index: int) -> Controller:
         ],
         folder / "unshare.pid",
         LAB_DIR / "log" / f"{name}-holder.log",
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent if tied else None,
     )
     deadline = time.monotonic() + 10
     while not ready.exists() or not _children(launcher):
@@ -183,6 +184,8 @@ def start_worker(
     env: dict[str, str],
     log: Path,
     timeout: float = 60,
+    *,
+    tied: bool = False,
 ) -> Controller:
     """Run a worker (`argv`, e.g. fleet.worker_argv(...)) inside the controller's
     namespaces; returns once it runs there."""
@@ -204,7 +207,7 @@ def start_worker(
         log,
         env=env,
         cwd=REPO_DIR,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent if tied else None,
     )
     deadline = time.monotonic() + timeout
     while controller.worker_pid() is None:
@@ -234,3 +237,31 @@ def stop_host(name: str, index: int) -> None:
     proc.run(["nft", "delete", "table", "ip", f"elephaas_controller_{index}"], check=False)
     proc.run(["ip", "link", "delete", f"elctl{index}h"], check=False)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def running() -> list[tuple[str, int]]:
+    """(name, host pid of its pid 1) of this lab's controllers that run."""
+    found = []
+    if CONTROLLERS_DIR.is_dir():
+        for folder in sorted(CONTROLLERS_DIR.iterdir()):
+            holder = proc.running_from(folder / "holder.pid")
+            if holder:
+                found.append((folder.name, holder))
+    return found
+
+
+def pids(holder: int) -> list[int]:
+    """Host pids of every process in the PID namespace whose pid 1 is `holder`."""
+    try:
+        ns = os.readlink(f"/proc/{holder}/ns/pid")
+    except OSError:
+        return []
+    result = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    result.append(int(entry))
+            except OSError:
+                pass
+    return result

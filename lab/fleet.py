@@ -962,6 +962,34 @@ def beat_pidfile() -> Path:
     return CELERY_DIR / "beat.pid"
 
 
+def restart_controllers() -> list[str]:
+    """The other controllers of the profile (lab/controller.py), each a worker on a host
+    of its own, restarted on every `up` like the first so that they run the checked-out
+    code. Returns their names."""
+    from . import controller
+
+    names = []
+    for number in range(2, PROFILE.controllers + 1):
+        name = f"controller-{number}"
+        host = controller.start_host(name, 200 + number)
+        concurrency = int(
+            os.environ.get("ELEPHAAS_WORKER_CONCURRENCY") or PROFILE.worker_concurrency
+        )
+        controller.start_worker(
+            host, worker_argv("lab@%h", concurrency), django_env(), LOG_DIR / f"{name}-worker.log"
+        )
+        names.append(name)
+    return names
+
+
+def stop_controllers() -> None:
+    from . import controller
+
+    for name, _holder in controller.running():
+        number = name.rsplit("-", 1)[-1]
+        controller.stop_host(name, 200 + int(number) if number.isdigit() else 0)
+
+
 def restart_beat() -> int:
     """Celery beat: the periodic health poll and the lost-job reaper."""
     CELERY_DIR.mkdir(parents=True, exist_ok=True)
@@ -1052,6 +1080,9 @@ def up(servers: int | None = None, worker: bool = True, jobs: int = 4) -> None:
         restart_worker()
         restart_beat()
         say(f"Celery worker and beat (logs in {LOG_DIR})")
+        others = restart_controllers()
+        if others:
+            say(f"other controllers, each a worker on a host of its own: {', '.join(others)}")
     UP_MARK.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     say(f"up in {time.monotonic() - started:.1f}s; state in {LAB_DIR} ({PROFILE.name} profile)")
     if PROFILE.name == "scale":
@@ -1089,6 +1120,7 @@ def components() -> list[tuple[str, Path]]:
 def down() -> None:
     preflight()
     UP_MARK.unlink(missing_ok=True)
+    stop_controllers()
     for name, pidfile in services():
         pid = proc.running_from(pidfile)
         if pid:
@@ -1104,7 +1136,10 @@ def down() -> None:
 
 
 def leftovers() -> list[str]:
+    from . import controller
+
     left = [f"{name} (pid {proc.read_pid(p)})" for name, p in components() if proc.running_from(p)]
+    left += [f"controller {name} (pid {holder})" for name, holder in controller.running()]
     for ns in [meta_ns()] + [server_ns(n) for n in _known_servers()]:
         left += [f"pid {pid} in {ns.name}'s namespace" for pid in ns.leftover_pids()]
         left += [f"postgres {pf.parent}" for pf, _pid in ns.postmaster_pids()]
@@ -1126,5 +1161,9 @@ def status() -> bool:
         for version, name, port in ns.clusters():
             state = "online" if cluster_running(ns, version, name) else "down"
             print(f"{ns.name + ' pg ' + version + '/' + name:22} port {port}, {state}")
+    from . import controller
+
+    for name, holder in controller.running():
+        print(f"{name:22} running, {len(controller.pids(holder))} processes on its own host")
     print(f"{'memory':22} {scale.describe_memory(scale.memory())}")
     return all_up

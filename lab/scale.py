@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from . import fleet, herd, proc
+from . import controller, fleet, herd, proc
 from .state import LabError
 
 PER_SERVER = 5
@@ -169,7 +169,8 @@ def _kib(path: str, field: str) -> int:
 
 def lab_pids() -> list[int]:
     """Every process of this lab: what runs in its namespaces (servers, metadata
-    database) and the services it started with a pid file (Redis, BIND, slapd, Celery)."""
+    database, other controllers) and the services it started with a pid file (Redis,
+    BIND, slapd, Celery)."""
     namespaces = {fleet.meta_ns().ns_file} | {
         fleet.server_ns(n).ns_file for n in fleet._known_servers()
     }
@@ -180,6 +181,8 @@ def lab_pids() -> list[int]:
         except FileNotFoundError:
             pass
     pids = {p for p in (proc.running_from(f) for _, f in fleet.services()) if p}
+    for _name, holder in controller.running():
+        pids.update(controller.pids(holder))
     for entry in os.listdir("/proc"):
         if entry.isdigit() and proc.mount_ns(int(entry)) in wanted:
             pids.add(int(entry))

@@ -36,15 +36,20 @@ class Profile:
     ldap_port: int
     web_port: int
     servers: int  # how many servers `up` brings when not told
-    # The lab worker's threads. The scale lab's campaigns run 20 herds at once and its
+    # Each lab worker's threads. The scale lab's campaigns run 20 herds at once and its
     # bulk actions 100 jobs: with 16 threads a 20-herd campaign took 1.40x its floor
     # (bench_scale_campaign). Each running job holds two metadata sessions.
     worker_concurrency: int = 16
+    # Controllers, each a Celery worker of worker_concurrency threads: the first on the
+    # lab's host, the others on hosts of their own (lab/controller.py).
+    controllers: int = 1
 
 
 PROFILES = {
     "default": Profile("default", ".lab", "127.0.1", 54329, 6390, 5300, 3389, 8000, 4),
-    "scale": Profile("scale", ".lab-scale", "127.0.2", 54339, 6391, 5301, 3390, 8001, 40, 64),
+    "scale": Profile(
+        "scale", ".lab-scale", "127.0.2", 54339, 6391, 5301, 3390, 8001, 40, 32, controllers=2
+    ),
 }
 # Which environment variable overrides which field.
 OVERRIDES = {
@@ -115,7 +120,7 @@ ENV_FILE = LAB_DIR / "elephaas.env"
 def record_profile() -> None:
     """Write lab.json: what later commands and benchmarks pointed at this folder use."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)
-    skip = ("lab_dir", "servers", "worker_concurrency")
+    skip = ("lab_dir", "servers", "worker_concurrency", "controllers")
     values = {k: v for k, v in asdict(PROFILE).items() if k not in skip}
     (LAB_DIR / "lab.json").write_text(json.dumps(values, indent=2) + "\n")
 

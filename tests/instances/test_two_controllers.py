@@ -64,7 +64,7 @@ def workers(lab, django_db_setup):
     env = _worker_env(connection.settings_dict["NAME"])
     log = state.LAB_DIR / "log"
     name = f"controller-2-{os.getpid()}"
-    index = 1 + os.getpid() % 250  # two test runs at once get two pairs
+    index = 1 + os.getpid() % 200  # two test runs at once get two pairs; 201+: the lab's
     app.control.purge()
     with open(log / "test-two-a.log", "ab") as out:
         worker_a = subprocess.Popen(
@@ -75,13 +75,14 @@ def workers(lab, django_db_setup):
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
-    host_b = controller.start_host(name, index)
+    host_b = controller.start_host(name, index, tied=True)
     try:
         controller.start_worker(
             host_b,
             fleet.worker_argv(f"two-b@{name}", 4, queues=f"{B},{BOTH}"),
             env,
             log / "test-two-b.log",
+            tied=True,
         )
         a, b = _answer(A), _answer(B)
         yield {
