@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 # The audit log's one line per queued job drowns a benchmark's figures.
 logging.getLogger("elephaas.audit").setLevel(logging.WARNING)
@@ -123,12 +126,14 @@ def scale_inventory(min_servers: int = 40) -> list:
     return rows
 
 
-def ssh_argv(server, command: Sequence[str]) -> list[str]:
-    """The OpenSSH command a DBA would type, with the controller's key and pinned hosts."""
+def ssh_argv(server, command: Sequence[str], master: Path | None = None) -> list[str]:
+    """The OpenSSH command a DBA would type, with the controller's key and pinned hosts;
+    with `master`, over the connection open there (masters())."""
     from lab import fleet
 
     return [
         "ssh",
+        *(["-o", f"ControlPath={master / '%C'}"] if master else []),
         "-i",
         str(fleet.CONTROLLER_KEY),
         "-o",
@@ -174,3 +179,24 @@ def run_by_hand(
         except RuntimeError as exc:
             sys.exit(f"bench: by hand: {exc}")
     return time.monotonic() - started, outputs
+
+
+@contextlib.contextmanager
+def masters(servers: Sequence) -> Iterator[Path]:
+    """An OpenSSH connection open to each server (ControlMaster), for the floor that pays
+    no SSH handshake, as ElepHaaS's pooled connections do not; closed on the way out."""
+    folder = Path(tempfile.mkdtemp(prefix="elephaas-bench-ssh-"))
+    opened = []
+    try:
+        for server in servers:
+            argv = ssh_argv(server, [], folder)
+            argv[1:1] = ["-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-f", "-N"]
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+            opened.append(server)
+        yield folder
+    finally:
+        for server in opened:
+            argv = ssh_argv(server, [], folder)
+            argv[1:1] = ["-O", "exit"]
+            subprocess.run(argv, capture_output=True, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)

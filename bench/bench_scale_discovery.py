@@ -11,12 +11,14 @@ pg_lsclusters calls run by hand in parallel.
    queueing to the last job's end. When the inventory held none of the fleet, the first
    round is a first discovery (200 rows added) and is shown apart.
 3. By hand: `ssh postgres@server pg_lsclusters --json` to the 40 servers at once (OpenSSH,
-   a new connection each, as `xargs -P 40` would), wall time.
+   as `xargs -P 40` would), wall time: with a new connection each, and over connections
+   already open (ControlMaster), as ElepHaaS's pool has them.
 4. Print the medians, ElepHaaS / by hand, and where a job's time goes (queue wait,
    listing, probes).
 
-Goal: rediscovering the fleet costs at most 3x listing it by hand (ElepHaaS also probes
-200 instances and writes their rows). Exit status 1 when missed.
+Goal (ours: the issue sets none): rediscovering the fleet costs at most twice listing it
+by hand over open connections, although ElepHaaS also probes the 200 instances with SQL
+and reconciles their rows. Exit status 1 when missed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ django.setup()
 from _scale import (  # noqa: E402
     by_controller,
     discover,
+    masters,
     require_scale_lab,
     require_worker,
     run_by_hand,
@@ -48,11 +51,11 @@ from django.conf import settings  # noqa: E402
 
 from instances.models import Instance, Job, JobStep  # noqa: E402
 
-GOAL_RATIO = 3.0
+GOAL_RATIO = 2.0
 
 
-def by_hand(rows) -> tuple[float, int]:
-    seconds, outputs = run_by_hand([ssh_argv(r, ["pg_lsclusters", "--json"]) for r in rows])
+def by_hand(rows, master=None) -> tuple[float, int]:
+    seconds, outputs = run_by_hand([ssh_argv(r, ["pg_lsclusters", "--json"], master) for r in rows])
     return seconds, sum(len(json.loads(out)) for out in outputs)
 
 
@@ -92,32 +95,38 @@ def main() -> int:
         found = Instance.objects.filter(server__in=rows).count()
         print(f"first discovery: {first_seconds:.2f} s, {found} instances added", flush=True)
         print(f"  {where_time_went(rows, mark)}", flush=True)
-    elephaas, hand = [], []
-    for number in range(1, args.rounds + 1):
-        mark = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-        elephaas.append(discover(rows))
-        seconds, clusters = by_hand(rows)
-        hand.append(seconds)
-        print(
-            f"round {number}: ElepHaaS {elephaas[-1]:.2f} s, by hand {seconds:.2f} s "
-            f"({clusters} clusters listed)",
-            flush=True,
-        )
-        print(f"  {where_time_went(rows, mark)}", flush=True)
+    elephaas, hand, warm = [], [], []
+    with masters(rows) as master:
+        for number in range(1, args.rounds + 1):
+            mark = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+            elephaas.append(discover(rows))
+            seconds, clusters = by_hand(rows)
+            hand.append(seconds)
+            warm.append(by_hand(rows, master)[0])
+            print(
+                f"round {number}: ElepHaaS {elephaas[-1]:.2f} s, by hand {seconds:.2f} s (new "
+                f"SSH connections), {warm[-1]:.2f} s (connections open); {clusters} clusters "
+                f"listed; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            print(f"  {where_time_went(rows, mark)}", flush=True)
     instances = Instance.objects.filter(server__in=rows).count()
-    ratio = statistics.median(elephaas) / statistics.median(hand)
+    median = statistics.median(elephaas)
+    ratio = median / statistics.median(warm)
     print()
     if first_seconds is not None:
-        print(f"first discovery (rows added):   {first_seconds:6.2f} s")
-    median = statistics.median(elephaas)
+        print(f"first discovery (rows added):        {first_seconds:6.2f} s")
     print(
         f"rediscovery, {len(rows)} servers / {instances} instances: median {median:6.2f} s  "
         f"(per server {median / len(rows) * 1000:.0f} ms)"
     )
-    print(f"pg_lsclusters by hand, in parallel:  median {statistics.median(hand):6.2f} s")
-    print(f"ratio ElepHaaS / by hand:            {ratio:.2f}x  (goal <= {GOAL_RATIO:g}x)")
+    print(f"pg_lsclusters by hand, new connections:   median {statistics.median(hand):6.2f} s")
+    print(f"pg_lsclusters by hand, connections open:  median {statistics.median(warm):6.2f} s")
+    print(f"ratio ElepHaaS / by hand (new connections):  {median / statistics.median(hand):.2f}x")
+    print(f"ratio ElepHaaS / by hand (connections open): {ratio:.2f}x  (goal <= {GOAL_RATIO:g}x)")
     if first_seconds is not None:
-        print(f"ratio first discovery / by hand:    {first_seconds / statistics.median(hand):.2f}x")
+        first_ratio = first_seconds / statistics.median(warm)
+        print(f"ratio first discovery / by hand (open):      {first_ratio:.2f}x")
     return 0 if ratio <= GOAL_RATIO else 1
 
 
