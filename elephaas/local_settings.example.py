@@ -14,7 +14,8 @@ Values shown are the defaults.
 # ELEPHAAS_TIME_ZONE=UTC
 # ELEPHAAS_STATIC_ROOT=<repo>/staticfiles
 # ELEPHAAS_LOG_LEVEL=INFO
-# ELEPHAAS_ENV_FILE=<repo>/.lab/elephaas.env   (KEY=VALUE lines; never overrides the env)
+# ELEPHAAS_ENV_FILE=$LAB_DIR/elephaas.env, else <repo>/.lab/elephaas.env   (KEY=VALUE
+#                   lines; never overrides the env)
 
 # --- Metadata database -----------------------------------------------------------------
 # ELEPHAAS_DB_HOST=127.0.0.1
@@ -28,7 +29,7 @@ Values shown are the defaults.
 # --- Celery ----------------------------------------------------------------------------
 # ELEPHAAS_BROKER_URL=redis://127.0.0.1:6390/0
 # ELEPHAAS_RESULT_BACKEND=<the broker URL>
-# ELEPHAAS_WORKER_CONCURRENCY=16
+# ELEPHAAS_WORKER_CONCURRENCY=16  threads; each running job holds 2 metadata sessions
 # ELEPHAAS_JOB_LOCK_WAIT=30       seconds a job waits for a busy target
 # ELEPHAAS_JOB_HEARTBEAT=2        seconds between heartbeats of a running job
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
@@ -36,7 +37,8 @@ Values shown are the defaults.
 
 # --- Health and configuration polling (Celery beat) ---------------------------------------
 # ELEPHAAS_HEALTH_INTERVAL=30           seconds between health sweeps
-# ELEPHAAS_HEALTH_CONCURRENCY=32        probes at once
+# ELEPHAAS_HEALTH_CONCURRENCY=256       probes at once (at least the number of instances)
+# ELEPHAAS_HEALTH_FIRST_WRITE=1         seconds after which a sweep writes what answered
 # ELEPHAAS_SETTINGS_INTERVAL=600        seconds after which an instance's settings are read again
 # ELEPHAAS_SETTINGS_GATHER_EVERY=60     seconds between gatherings of the instances due
 # ELEPHAAS_SETTINGS_BATCH=50            instances one gathering reads at most
