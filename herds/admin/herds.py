@@ -145,6 +145,7 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         "failover_herds",
         "move_to_dr_site",
         "rolling_restart",
+        "change_setting_herds",
         "refresh_dns_herds",
     )
 
@@ -180,6 +181,19 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         from herds.admin.maintenance import rolling_restart_action
 
         return rolling_restart_action(self, request, queryset)
+
+    @admin.action(
+        description="Change a setting on every member of selected herds", permissions=["configure"]
+    )
+    def change_setting_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from instances.admin.configure import change_herd_setting_action
+
+        return change_herd_setting_action(self, request, queryset)
+
+    def has_configure_permission(self, request: HttpRequest) -> bool:
+        from instances.admin.configure import PERMISSION
+
+        return request.user.has_perm(PERMISSION)
 
     def has_switchover_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("herds.switchover_herd")

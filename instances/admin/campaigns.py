@@ -74,13 +74,20 @@ class CampaignAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                _jobs=Count("jobs"),
-                _done=Count("jobs", filter=Q(jobs__state=JobState.SUCCEEDED)),
+                # Jobs retried within the campaign are replaced by their retries.
+                _jobs=Count("jobs", filter=Q(jobs__retries__isnull=True), distinct=True),
+                _done=Count(
+                    "jobs",
+                    filter=Q(jobs__state=JobState.SUCCEEDED, jobs__retries__isnull=True),
+                    distinct=True,
+                ),
                 _bad=Count(
                     "jobs",
                     filter=Q(
-                        jobs__state__in=[JobState.FAILED, JobState.ERRORED, JobState.CANCELLED]
+                        jobs__state__in=[JobState.FAILED, JobState.ERRORED, JobState.CANCELLED],
+                        jobs__retries__isnull=True,
                     ),
+                    distinct=True,
                 ),
             )
         )
@@ -122,7 +129,11 @@ class CampaignAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         campaign = get_object_or_404(Campaign, pk=object_id)
-        jobs = list(campaign.jobs.with_related().order_by("wave", "pk"))
+        every = list(campaign.jobs.with_related().order_by("wave", "pk"))
+        # A job retried within the campaign is replaced by its retry: listed, struck
+        # through, never counted.
+        retried = {j.retry_of_id: j.pk for j in every if j.retry_of_id}
+        jobs = [j for j in every if j.pk not in retried]
         counts = Counter(j.state for j in jobs)
         held = sum(1 for j in jobs if j.held)
         ended = sum(counts[s] for s in JobState.terminal())
@@ -133,7 +144,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "title": f"Campaign #{campaign.pk}: {campaign.title}",
             "campaign": campaign,
             "state_badge": campaign_badge(campaign),
-            "jobs": [(j, state_badge("held" if j.held else j.state)) for j in jobs],
+            "jobs": [
+                (j, state_badge("held" if j.held else j.state), retried.get(j.pk)) for j in every
+            ],
             "counts": [
                 (label, counts.get(value, 0))
                 for value, label in JobState.choices

@@ -263,7 +263,7 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def retry_jobs(self, request, queryset: QuerySet) -> None:
         for job in queryset.with_related():
             try:
-                new = job_queue.retry(job, request.user)
+                new = campaigns.retry(job, request.user)
             except JobFailed as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             else:

@@ -95,10 +95,58 @@ def create(
 
 
 def _items(campaign: Campaign) -> list[Item]:
+    """The campaign's jobs as `decide` sees them; a job retried within the campaign is
+    replaced by its retry (the failure it was no longer halts or fails the campaign)."""
+    rows = list(campaign.jobs.values_list("pk", "wave", "state", "held", "retry_of_id"))
+    retried = {retry_of for *_, retry_of in rows if retry_of}
     return [
         Item(pk, wave or 1, state, held)
-        for pk, wave, state, held in campaign.jobs.values_list("pk", "wave", "state", "held")
+        for pk, wave, state, held, _retry_of in rows
+        if pk not in retried
     ]
+
+
+def retry(job: Job, user) -> Job:
+    """Queue a failed, errored or cancelled job again. A campaign's job is retried within
+    its campaign, in its wave: the retry replaces the failure, so a halted campaign runs
+    on (and halts again if the retry fails), and one that ended with failures reopens and
+    can end succeeded. A paused campaign's retry waits, held, for the resume; an
+    abandoned campaign's is a job of its own."""
+    if not job.campaign_id:
+        return queue.retry(job, user)
+    if job.state not in JobState.retryable():
+        raise JobFailed(
+            f"job #{job.pk} is {job.state}: only failed, errored or cancelled jobs are retried"
+        )
+    target = job.target
+    if target is None:
+        raise JobFailed(f"job #{job.pk}'s target no longer exists")
+    if Job.objects.filter(retry_of=job).exists():
+        raise JobFailed(f"job #{job.pk} was already retried: retry its retry instead")
+    name = _name(user)
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=job.campaign_id)
+        if campaign.state == CampaignState.ABANDONED:
+            return queue.retry(job, user)
+        [new] = queue.create_jobs(
+            job.kind,
+            [target],
+            user=user,
+            params=job.params,
+            origin=job.origin,
+            campaign=campaign,
+            wave=job.wave,
+        )
+        Job.objects.filter(pk=new.pk).update(retry_of=job, batch=job.batch)
+        if campaign.state != CampaignState.PAUSED:
+            campaign.state = CampaignState.RUNNING
+            campaign.finished_at = None
+        campaign.state_note = f"job #{job.pk} retried as #{new.pk} by {name}"
+        campaign.save(update_fields=["state", "state_note", "finished_at"])
+        audit.info("campaign #%s: job #%s retried as #%s by %s", campaign.pk, job.pk, new.pk, name)
+        transaction.on_commit(lambda: advance(campaign.pk))
+    new.refresh_from_db()
+    return new
 
 
 def advance(campaign_id: int) -> list[int]:

@@ -17,6 +17,7 @@ from lab import fleet
 from tests.fence_hook import LOG as FENCE_LOG
 from tests.helpers import wait_for_job
 from tests.herds.drill_lab import (
+    NAME,
     PORT,
     Writer,
     caught_up,
@@ -98,7 +99,7 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     assert record.split_brain_from is not None and record.split_brain_until is not None
     assert record.split_brain_from < record.split_brain_until <= fence.finished_at
     ns = fleet.server_ns(1)
-    assert not fleet.cluster_running(ns, "15", "drill")
+    assert not fleet.cluster_running(ns, "15", NAME)
     assert (ns.folder / "etc/15/drill/start.conf").read_text() == "manual\n"
     assert (ns.folder / "lib/15/drill.elephaas-fenced").exists()
     old.refresh_from_db()
@@ -115,7 +116,7 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     refused_start = wait_for_job(refused_start, timeout=60)
     assert refused_start.state == JobState.FAILED
     assert "is fenced on its server (fenced: job " in refused_start.error
-    assert not fleet.cluster_running(ns, "15", "drill")
+    assert not fleet.cluster_running(ns, "15", NAME)
 
 
 def test_it_salvages_the_wal_a_crashed_primary_never_sent_and_loses_no_commit(
