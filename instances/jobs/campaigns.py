@@ -114,13 +114,7 @@ def retry(job: Job, user) -> Job:
     abandoned campaign's is a job of its own."""
     if not job.campaign_id:
         return queue.retry(job, user)
-    if job.state not in JobState.retryable():
-        raise JobFailed(
-            f"job #{job.pk} is {job.state}: only failed, errored or cancelled jobs are retried"
-        )
-    target = job.target
-    if target is None:
-        raise JobFailed(f"job #{job.pk}'s target no longer exists")
+    target = queue.retryable_target(job)
     if Job.objects.filter(retry_of=job).exists():
         raise JobFailed(f"job #{job.pk} was already retried: retry its retry instead")
     name = _name(user)

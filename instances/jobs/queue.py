@@ -184,7 +184,8 @@ def cancel(job: Job, user) -> str:
     return f"Job #{job.pk} has already ended ({Job.objects.get(pk=job.pk).state})."
 
 
-def retry(job: Job, user) -> Job:
+def retryable_target(job: Job):
+    """The target a retry of `job` would run on; JobFailed saying why it cannot be retried."""
     if job.state not in JobState.retryable():
         raise JobFailed(
             f"job #{job.pk} is {job.state}: only failed, errored or cancelled jobs are retried"
@@ -192,6 +193,11 @@ def retry(job: Job, user) -> Job:
     target = job.target
     if target is None:
         raise JobFailed(f"job #{job.pk}'s target no longer exists")
+    return target
+
+
+def retry(job: Job, user) -> Job:
+    target = retryable_target(job)
     with transaction.atomic():
         [new] = create_jobs(job.kind, [target], user=user, params=job.params, origin=job.origin)
         Job.objects.filter(pk=new.pk).update(retry_of=job, batch=job.batch)

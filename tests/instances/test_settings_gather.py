@@ -128,28 +128,13 @@ def test_it_gathers_shows_drift_and_finds_settings_by_value(celery_worker, gset,
     assert primary.address not in other
 
     # 4. The drift fixed from the herd list: the same change on every member of the herd.
-    response = admin_client.post(
-        "/admin/herds/herd/",
-        {
-            "action": "change_setting_herds",
-            "_selected_action": [herd.pk],
-            "name": "work_mem",
-            "value": "8MB",
-        },
-    )
-    page = response.content.decode()
+    def on_herd(**extra):
+        data = {"action": "change_setting_herds", "_selected_action": [herd.pk]}
+        return admin_client.post("/admin/herds/herd/", {**data, **extra})
+
+    page = on_herd(name="work_mem", value="8MB").content.decode()
     assert page.count("a reload is enough") == 2 and f'value="{herd.pk}"' in page
-    response = admin_client.post(
-        "/admin/herds/herd/",
-        {
-            "action": "change_setting_herds",
-            "_selected_action": [herd.pk],
-            "name": "work_mem",
-            "value": "8MB",
-            "confirm": "yes",
-        },
-    )
-    assert response.status_code == 302
+    assert on_herd(name="work_mem", value="8MB", confirm="yes").status_code == 302
     jobs = Job.objects.filter(kind=JobKind.SET_PARAMETER, params__value="8MB")
     assert {j.instance_id for j in jobs} == {primary.pk, replica.pk}
     for job in jobs:
