@@ -24,7 +24,7 @@ from django.utils.safestring import mark_safe
 from instances.choices import ReplicationHealth
 from instances.health_rules import replication_health, replication_q
 from instances.models import Instance, correlated_count
-from instances.wal import format_bytes
+from instances.wal import format_bytes, format_seconds
 
 # The palette of instances.admin (not imported: the admin will import this module).
 GREEN = "#2e7d32"
@@ -58,14 +58,6 @@ def online_badge(online: bool | None) -> str:
     if online is None:
         return badge("● unknown", GREY)
     return badge("● online", GREEN) if online else badge("● offline", RED)
-
-
-def format_seconds(value: float) -> str:
-    if value < 120:
-        return f"{value:.0f} s"
-    if value < 7200:
-        return f"{value / 60:.0f} min"
-    return f"{value / 3600:.0f} h"
 
 
 @admin.display(description="changed", ordering="state_changed_at")
