@@ -34,6 +34,14 @@ Values shown are the defaults.
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
 # ELEPHAAS_JOB_TIME_LIMIT=3600
 
+# --- Health polling (Celery beat) ---------------------------------------------------------
+# ELEPHAAS_HEALTH_INTERVAL=30           seconds between sweeps
+# ELEPHAAS_HEALTH_CONCURRENCY=32        probes at once
+# ELEPHAAS_HEALTH_LAG_BYTES=16777216    replica lag (bytes) shown as lagging
+# ELEPHAAS_HEALTH_LAG_SECONDS=60        replica lag (seconds) shown as lagging
+# ELEPHAAS_HEALTH_SAMPLE_RETENTION=24   hours of health samples kept (the dashboard's lag
+#                                       pictures); each sweep deletes older ones
+
 # --- SSH -------------------------------------------------------------------------------
 # ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
 # ELEPHAAS_SSH_USER=postgres

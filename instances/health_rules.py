@@ -170,6 +170,7 @@ def observe(
         "receive_lsn": outcome.receive_lsn or "",
         "replay_lsn": outcome.replay_lsn or "",
         "pending_restart": (outcome.pending_restart or "")[:500],
+        "timeline": outcome.timeline,
     }
     if role == Role.PRIMARY:
         # A primary has no upstream (a check constraint holds it): a replica promoted

@@ -339,3 +339,13 @@ def test_it_summarises_a_herd_from_its_annotated_counts():
     summary = herd_health_summary(herd(offline=1, broken=1, lagging=1))
     assert ">1 offline<" in summary and ">1 not streaming<" in summary
     assert ">1 lagging<" in summary and "#e65100" in summary
+
+
+# --- timeline ---------------------------------------------------------------
+
+
+def test_it_records_the_timeline_it_answered_and_keeps_it_when_unreachable():
+    fields = observe(recorded(), result(True, "0/3000000", timeline=3), result(False, "0/3"), NOW)
+    assert fields["timeline"] == 3
+    fields = observe(recorded(), Unreachable("db2:5432: refused"), None, NOW)
+    assert "timeline" not in fields
