@@ -31,8 +31,9 @@ LOOP_ROOM = 44
 
 @dataclass(frozen=True)
 class Geometry:
-    """Node sizes: the herd page draws every detail; the fleet page draws more herds in
-    less room (`compact`: address, state and lag, alarms)."""
+    """Node sizes: the herd page draws every detail on roomy nodes; the fleet page draws
+    the same facts (`compact`: shorter words, one line of alarms) on smaller ones, two
+    herds side by side at 1366 px."""
 
     node_width: int
     node_height: int
@@ -42,7 +43,7 @@ class Geometry:
 
 
 FULL = Geometry(node_width=228, node_height=94, column_gap=100, row_gap=16)
-COMPACT = Geometry(node_width=180, node_height=62, column_gap=76, row_gap=12, compact=True)
+COMPACT = Geometry(node_width=186, node_height=76, column_gap=64, row_gap=12, compact=True)
 
 
 class NodeState(enum.StrEnum):

@@ -49,7 +49,8 @@ STATE_TEXT = {
     NodeState.OFFLINE: ("● OFFLINE", RED),
     NodeState.UNKNOWN: ("● not checked", GREY),
     NodeState.FENCED: ("● fenced", "#ffffff"),
-    NodeState.SPLIT_BRAIN: ("● ONLINE AS PRIMARY", "#ffffff"),
+    # With "PRIMARY" beside it and "SPLIT-BRAIN" under it.
+    NodeState.SPLIT_BRAIN: ("● ONLINE", "#ffffff"),
 }
 # (colour, width, dash) per edge kind.
 EDGE_STYLES = {
@@ -77,15 +78,15 @@ def safe_id(value: object) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", str(value))[:40] or "t"
 
 
-def lag_line(placed: Placed, short: bool = False) -> str:
-    """A replica's lag, "lag 1.2 MB, 3 s" ("lag 1.2 MB" when `short`); "" for a primary."""
+def lag_line(placed: Placed) -> str:
+    """A replica's lag, "lag 1.2 MB, 3 s"; "" for a primary (it has none)."""
     node = placed.node
     if node.role == Role.PRIMARY:
         return ""
     lag = []
     if node.lag_bytes is not None:
         lag.append(format_bytes(node.lag_bytes))
-    if node.lag_seconds is not None and not (short and lag):
+    if node.lag_seconds is not None:
         lag.append(format_seconds(node.lag_seconds))
     return "lag " + (", ".join(lag) or "?")
 
@@ -219,29 +220,51 @@ def _tag_width(geometry: Geometry) -> int:
     return 38 if geometry.compact else 46
 
 
-def _lines(placed: Placed, geometry: Geometry, ink: str, dark: bool) -> list[tuple]:
-    """(baseline offset, size, weight, colour, text) of a node's lines; text None: the
-    state in its colour followed by the lag."""
+@dataclass(frozen=True)
+class _Line:
+    """One line of a node: its baseline below the node's top, size, weight, colour, and
+    text; with `state`, the node's state in its own colour comes first."""
+
+    dy: int
+    size: int
+    weight: str
+    colour: str
+    text: str
+    state: bool = False
+
+
+def _lines(placed: Placed, geometry: Geometry, ink: str, dark: bool) -> list[_Line]:
+    """Full: address; role, timeline, site; state and lag; alarms on two lines. Compact:
+    address; state and role; lag and timeline; alarms on one line."""
     node = placed.node
     alarm_colour = ON_DARK_ALARM if dark else RED
     chars = _line_chars(geometry)
     room = geometry.node_width - 20 - (_tag_width(geometry) + 6 if node.dr_priority else 0)
     address_chars = max(int(room / 8), 6)
+    state_chars = chars - len(STATE_TEXT[placed.state][0])
     if geometry.compact:
+        role = {Role.PRIMARY: "PRIMARY", Role.REPLICA: "replica"}.get(node.role, "role ?")
+        timeline = f"TL {node.timeline}" if node.timeline is not None else "TL ?"
         first_alarm, _ = alarm_lines(placed, chars - 3)
         return [
-            (17, 12, "bold", ink, fit(node.address, address_chars)),
-            (34, 11, "normal", ink, None),
-            (51, 11, "bold", alarm_colour, first_alarm),
+            _Line(17, 12, "bold", ink, fit(node.address, address_chars)),
+            _Line(33, 11, "normal", ink, fit(f" · {role}", state_chars), state=True),
+            _Line(49, 11, "normal", ink, fit(_join(lag_line(placed), timeline), chars)),
+            _Line(65, 11, "bold", alarm_colour, first_alarm),
         ]
     first_alarm, second_alarm = alarm_lines(placed, chars - 3)
+    lag = lag_line(placed)
     return [
-        (18, 13, "bold", ink, fit(node.address, address_chars)),
-        (35, 12, "normal", ink, fit(role_line(placed), chars)),
-        (52, 12, "normal", ink, None),
-        (69, 12, "bold", alarm_colour, first_alarm),
-        (85, 12, "bold", alarm_colour, second_alarm),
+        _Line(18, 13, "bold", ink, fit(node.address, address_chars)),
+        _Line(35, 12, "normal", ink, fit(role_line(placed), chars)),
+        _Line(52, 12, "normal", ink, fit(f" · {lag}", state_chars) if lag else "", state=True),
+        _Line(69, 12, "bold", alarm_colour, first_alarm),
+        _Line(85, 12, "bold", alarm_colour, second_alarm),
     ]
+
+
+def _join(*parts: str) -> str:
+    return " · ".join(part for part in parts if part)
 
 
 def _node(placed: Placed, geometry: Geometry, prefix: str) -> str:
@@ -276,21 +299,17 @@ def _node(placed: Placed, geometry: Geometry, prefix: str) -> str:
         )
     left = x + 14
     state_text, state_colour = STATE_TEXT[placed.state]
-    chars = _line_chars(geometry)
-    for dy, size, weight, colour, text in _lines(placed, geometry, ink, dark):
-        if text is None:
-            # The state in its own colour, then the lag.
-            rest = lag_line(placed, short=geometry.compact)
-            rest = fit(" · " + rest, chars - len(state_text)) if rest else ""
+    for line in _lines(placed, geometry, ink, dark):
+        at = f'x="{_n(left)}" y="{_n(y + line.dy)}" font-size="{line.size}"'
+        if line.state:
             parts.append(
-                f'<text x="{_n(left)}" y="{_n(y + dy)}" font-size="{size}" fill="{ink}">'
-                f'<tspan fill="{state_colour}" font-weight="bold">{_e(state_text)}</tspan>'
-                f"{_e(rest)}</text>"
+                f'<text {at} fill="{ink}"><tspan fill="{state_colour}" font-weight="bold">'
+                f"{_e(state_text)}</tspan>{_e(line.text)}</text>"
             )
-        elif text:
+        elif line.text:
             parts.append(
-                f'<text x="{_n(left)}" y="{_n(y + dy)}" font-size="{size}" '
-                f'font-weight="{weight}" fill="{colour}">{_e(text)}</text>'
+                f'<text {at} font-weight="{line.weight}" fill="{line.colour}">'
+                f"{_e(line.text)}</text>"
             )
     body = "".join(parts)
     group = (

@@ -271,17 +271,25 @@ def test_it_marks_the_dr_copy_and_its_site():
     assert ">DR #1</text>" in svg and "replica · timeline ? · in dr" in svg
 
 
-def test_it_shows_lag_and_timeline_on_a_node():
-    result = layout([primary(1, timeline=2), replica(2, 1, lag_bytes=3 * MB, lag_seconds=4.0)])
-    svg = render(result, title="lag")
-    assert "lag 3.0 MB, 4 s" in svg and "PRIMARY · timeline 2" in svg
-    compact = render(layout(result_nodes(result), geometry=COMPACT), title="lag")
-    # Compact: the bytes on the node, the seconds only in its tooltip.
-    assert "· lag 3.0 MB</text>" in compact and "lag 3.0 MB, 4 s</title>" in compact
-
-
-def result_nodes(result):
-    return [p.node for p in result.nodes]
+@pytest.mark.parametrize("geometry", [FULL, COMPACT])
+def test_every_node_shows_server_role_state_lag_and_timeline(geometry):
+    result = layout(
+        [
+            primary(1, timeline=2),
+            replica(2, 1, lag_bytes=3 * MB, lag_seconds=4.0, timeline=2),
+        ],
+        geometry=geometry,
+    )
+    root = ET.fromstring(render(result, title="lag"))
+    node = next(g for g in root.iter(f"{SVG}g") if g.get("data-key") == "2")
+    lines = ["".join(t.itertext()) for t in node.iter(f"{SVG}text")]
+    shown = " | ".join(lines)
+    assert lines[0] == "db2:5432"
+    for fact in ("replica", "● online", "lag 3.0 MB, 4 s"):
+        assert fact in shown, (fact, shown)
+    assert ("timeline 2" if geometry is FULL else "TL 2") in shown
+    primary_node = next(g for g in root.iter(f"{SVG}g") if g.get("data-key") == "1")
+    assert "PRIMARY" in "".join(primary_node.itertext())
 
 
 def test_it_keeps_edge_labels_apart():
