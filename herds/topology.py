@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import SimpleNamespace
 
 from instances.choices import ReplicationHealth, Role
@@ -172,8 +173,12 @@ class Layout:
     # The picture's own alarm line ("" for none): short, it must fit one column.
     banner: str = ""
 
+    @cached_property
+    def _by_key(self) -> dict[int, Placed]:
+        return {placed.node.key: placed for placed in self.nodes}
+
     def placed(self, key: int) -> Placed:
-        return next(p for p in self.nodes if p.node.key == key)
+        return self._by_key[key]
 
 
 def _unique(nodes: Iterable[Node]) -> list[Node]:
@@ -272,10 +277,9 @@ def _flags(
     return alarms, facts
 
 
-def _edge_kind(node: Node, by_key: dict[int, Node], on_loop: set[int]) -> EdgeKind:
+def _edge_kind(node: Node, upstream: Node, on_loop: set[int]) -> EdgeKind:
     if node.key in on_loop:
         return EdgeKind.LOOP
-    upstream = by_key[node.upstream]  # type: ignore[index]
     # The same classification as the instance list's replication badge, read from the
     # same fields: a picture that disagreed with the list would be believed by nobody.
     recorded = SimpleNamespace(
@@ -385,11 +389,12 @@ def layout(nodes: Sequence[Node], herd_environment: str = "", geometry: Geometry
 
     edges: list[Edge] = []
     for node in unique:
-        if node.upstream not in by_key:
+        upstream = by_key.get(node.upstream) if node.upstream is not None else None
+        if upstream is None:
             continue
-        kind = _edge_kind(node, by_key, on_loop)
-        back = column[node.key] <= column[node.upstream]  # type: ignore[index]
-        edges.append(Edge(node.upstream, node.key, kind, EDGE_LABELS[kind], back))  # type: ignore[arg-type]
+        kind = _edge_kind(node, upstream, on_loop)
+        back = column[node.key] <= column[upstream.key]
+        edges.append(Edge(upstream.key, node.key, kind, EDGE_LABELS[kind], back))
 
     columns = max(column.values(), default=-1) + 1
     width = 2 * MARGIN + max(columns, 1) * node_width + max(columns - 1, 0) * column_gap

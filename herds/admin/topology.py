@@ -20,6 +20,7 @@ from django.utils.safestring import mark_safe
 
 from herds import topology, topology_svg
 from herds.models import Environment, Herd
+from instances.admin.display import change_urls
 from instances.models import Instance
 
 # How often an open page fetches its picture again; the health sweep writes every
@@ -53,7 +54,7 @@ _FIELDS = (
 
 def nodes_by_herd(herd_ids: Iterable[int]) -> dict[int, list[topology.Node]]:
     """Every instance of these herds as a topology node, in one query."""
-    change_url = reverse("admin:instances_instance_change", args=[0])
+    change_url = change_urls("admin:instances_instance_change")
     nodes: dict[int, list[topology.Node]] = {}
     rows = Instance.objects.filter(herd_id__in=list(herd_ids)).order_by("pk").values(*_FIELDS)
     for row in rows:
@@ -77,8 +78,7 @@ def nodes_by_herd(herd_ids: Iterable[int]) -> dict[int, list[topology.Node]]:
                 dr_priority=row["dr_candidacy__priority"],
                 environment=row["server__environment__name"] or "",
                 last_error=row["last_error"],
-                # reverse() once per page, not per node: the pk is the URL's only part.
-                url=change_url.replace("/0/", f"/{row['pk']}/", 1),
+                url=change_url(row["pk"]),
             )
         )
     return nodes

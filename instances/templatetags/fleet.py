@@ -28,7 +28,7 @@ from django.utils.safestring import mark_safe
 
 from herds.models import Drill, Herd
 from instances import charts
-from instances.admin.display import herd_health_annotations
+from instances.admin.display import change_urls, herd_health_annotations
 from instances.admin.jobs import STATE_COLOURS
 from instances.choices import HerdHealth, ReplicationHealth, Role
 from instances.health_rules import herd_health, replication_q
@@ -179,7 +179,7 @@ def herd_tiles() -> list[dict[str, Any]]:
         )
         .order_by()
     )
-    change = reverse("admin:herds_herd_change", args=[0])
+    change = change_urls("admin:herds_herd_change")
     tiles = []
     for row in rows:
         state = herd_health(
@@ -200,8 +200,7 @@ def herd_tiles() -> list[dict[str, Any]]:
                 "colour": HERD_COLOURS[state],
                 "text": text,
                 "title": f"{row['name']} ({row['environment__name']}): {state.label}, {text}",
-                # reverse() once: the pk is the only part of the URL that changes.
-                "url": change.replace("/0/", f"/{row['pk']}/", 1),
+                "url": change(row["pk"]),
             }
         )
     tiles.sort(key=lambda t: (SEVERITY[HerdHealth(t["state"])], t["environment"], t["name"]))
@@ -263,7 +262,7 @@ def lag_history(now: datetime) -> dict[str, Any]:
                 )
             )
     threshold = settings.HEALTH_LAG_BYTES
-    change = reverse("admin:instances_instance_change", args=[0])
+    change = change_urls("admin:instances_instance_change")
     rows = []
     for row in worst:
         instance = instances[row["instance_id"]]
@@ -285,7 +284,7 @@ def lag_history(now: datetime) -> dict[str, Any]:
         rows.append(
             {
                 "label": label,
-                "url": change.replace("/0/", f"/{row['instance_id']}/", 1),
+                "url": change(row["instance_id"]),
                 # Built by charts.sparkline, which escapes its one text.
                 "svg": mark_safe(svg),
                 "now": _lag_text(instance.lag_bytes, instance.lag_seconds)
