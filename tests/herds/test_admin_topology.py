@@ -8,7 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -112,6 +112,24 @@ def test_a_viewer_sees_the_pictures(viewer):
     assert viewer.get(svg_url(herd)).status_code == 200
     page = viewer.get(FLEET_URL)
     assert page.status_code == 200 and herd.name in page.content.decode()
+    # The herd page is read-only for a viewer, and shows the picture all the same.
+    herd_page = viewer.get(reverse("admin:herds_herd_change", args=[herd.pk]))
+    assert herd_page.status_code == 200 and 'id="herd-topology"' in herd_page.content.decode()
+
+
+def test_the_viewer_role_sees_the_pictures():
+    """The role LDAP's viewers get (herds/migrations/0004_roles.py), not a hand-picked
+    permission."""
+    user = User.objects.create_user("vera", password="x", is_staff=True)
+    user.groups.add(Group.objects.get(name="viewer"))
+    client = Client()
+    client.force_login(user, backend=MODEL_BACKEND)
+    [herd] = grow(make_environment(), 1)
+    assert client.get(svg_url(herd)).status_code == 200
+    assert client.get(FLEET_URL).status_code == 200
+    index = client.get(reverse("admin:index")).content.decode()
+    for part in ('id="fleet-herds"', 'id="fleet-lag"', 'id="fleet-day"', 'id="fleet-drills"'):
+        assert part in index, part
 
 
 def test_an_outsider_is_refused(outsider):
@@ -211,3 +229,8 @@ def test_a_herds_svg_costs_the_same_queries_for_4_and_60_instances(admin_client)
     for _ in range(56):
         make_dr_candidate(make_instance(herd=herd, upstream=primary, online=True))
     assert queries_for(admin_client, svg_url(herd)) == small
+
+
+def test_the_herd_list_links_to_the_fleet_topology(viewer):
+    page = viewer.get(reverse("admin:herds_herd_changelist")).content.decode()
+    assert f'<a href="{FLEET_URL}" id="herds-topology-link">Topology</a>' in page
