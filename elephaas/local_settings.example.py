@@ -35,8 +35,12 @@ Values shown are the defaults.
 # ELEPHAAS_JOB_TIME_LIMIT=3600
 
 # --- Health and configuration polling (Celery beat) ---------------------------------------
-# ELEPHAAS_HEALTH_INTERVAL=30           seconds between health sweeps
+# ELEPHAAS_HEALTH_INTERVAL=30           seconds between sweeps
 # ELEPHAAS_HEALTH_CONCURRENCY=32        probes at once
+# ELEPHAAS_HEALTH_LAG_BYTES=16777216    replica lag (bytes) shown as lagging
+# ELEPHAAS_HEALTH_LAG_SECONDS=60        replica lag (seconds) shown as lagging
+# ELEPHAAS_HEALTH_SAMPLE_RETENTION=24   hours of health samples kept (the dashboard's lag
+#                                       pictures); each sweep deletes older ones
 # ELEPHAAS_SETTINGS_INTERVAL=600        seconds after which an instance's settings are read again
 # ELEPHAAS_SETTINGS_GATHER_EVERY=60     seconds between gatherings of the instances due
 # ELEPHAAS_SETTINGS_BATCH=50            instances one gathering reads at most

@@ -132,6 +132,9 @@ HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)
 HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 32, 1, 1024)
 HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
 HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
+# Each sweep keeps a sample per instance (online, lag) for the dashboard's lag pictures and
+# deletes those older than this many hours.
+HEALTH_SAMPLE_RETENTION = envint("ELEPHAAS_HEALTH_SAMPLE_RETENTION", 24, 1, 24 * 366)
 # The broker only rings the bell; the jobs table is the queue of record. A request waits
 # at most this long for the broker to take a job; the outbox sweep (every OUTBOX_INTERVAL
 # seconds, and when a worker starts) sends again what it did not take after OUTBOX_AFTER

@@ -33,6 +33,26 @@ class ReplicationHealth(models.TextChoices):
     UNKNOWN = "unknown", "unknown"
 
 
+class HerdHealth(models.TextChoices):
+    """A herd as a whole, worst first: the colour of its tile on the fleet dashboard.
+
+    The order of the members is the order of severity (health_rules.herd_health decides).
+    """
+
+    # More than one primary answers as such: clients may be writing to both.
+    SPLIT_BRAIN = "split_brain", "split brain"
+    # Members were checked and none is a primary that answers: nothing takes writes.
+    NO_PRIMARY = "no_primary", "no primary online"
+    # A member is offline, or a replica does not stream (not streaming, upstream gone or
+    # wrong).
+    DEGRADED = "degraded", "degraded"
+    LAGGING = "lagging", "lagging"
+    # Some member was never checked, or its WAL receiver cannot be read.
+    UNKNOWN = "unknown", "not checked"
+    HEALTHY = "healthy", "healthy"
+    EMPTY = "empty", "no instances"
+
+
 class JobKind(models.TextChoices):
     """What a job does; a drill's kind is one of the two herd moves (SWITCHOVER, FAILOVER)."""
 
