@@ -141,6 +141,10 @@ OUTBOX_INTERVAL = envfloat("ELEPHAAS_OUTBOX_INTERVAL", 5.0, 1)
 OUTBOX_AFTER = envfloat("ELEPHAAS_OUTBOX_AFTER", 3.0, 0)
 OUTBOX_RESEND = envfloat("ELEPHAAS_OUTBOX_RESEND", 120.0, 10)
 OUTBOX_BATCH = envint("ELEPHAAS_OUTBOX_BATCH", 500, 1)
+# The audit trail (instances.audit) keeps its rows this many days (0: for ever); beat
+# deletes older ones every AUDIT_PRUNE_INTERVAL seconds, a batch at a time.
+AUDIT_RETENTION_DAYS = envint("ELEPHAAS_AUDIT_RETENTION_DAYS", 400, 0)
+AUDIT_PRUNE_INTERVAL = 3600.0
 CELERY_BEAT_SCHEDULE = {
     "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
     "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
@@ -153,6 +157,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "instances.advance_campaigns",
         "schedule": OUTBOX_INTERVAL,
         "options": {"expires": OUTBOX_INTERVAL},
+    },
+    "prune-audit-events": {
+        "task": "instances.prune_audit_events",
+        "schedule": AUDIT_PRUNE_INTERVAL,
+        "options": {"expires": AUDIT_PRUNE_INTERVAL},
     },
 }
 

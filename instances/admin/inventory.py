@@ -11,7 +11,6 @@ happens inside the forms of instances/forms.py when a DBA adds a server or re-pi
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -19,13 +18,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from elephaas.admin_security import AuditedActionsMixin
+from elephaas.admin_security import AuditedActionsMixin, refuse
 from herds.models import Herd
 from instances.admin import configure, display, jobs, rebuild
 from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin.actions import confirm_and_queue
 from instances.admin.display import GREY, ORANGE, RED, badge, online_badge
 from instances.admin.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
+from instances.audit import record_request, remote_addr, username_of
+from instances.choices import AuditVerb
 from instances.models import Instance, JobKind, Role, Server, correlated_count
 from instances.wal import format_bytes
 
@@ -181,6 +182,12 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
             kwargs["form"] = ServerAddForm
         return super().get_form(request, obj, **kwargs)
 
+    def save_model(self, request: HttpRequest, obj: Server, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            # ServerAddForm pinned the key the DBA confirmed: a pin of its own in the trail.
+            record_pin(request, obj, "none")
+
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None):
         extra_context = {**(extra_context or {}), "controller_key": controller_public_key()}
         return super().add_view(request, form_url, extra_context)
@@ -206,7 +213,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def pin_host_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Fetch the server's current host key, show old and new, pin it once confirmed."""
         if not has_instances_perm(request, "pin_host_key"):
-            raise PermissionDenied
+            refuse(request, "pin host keys", "instances.pin_host_key")
         server = get_object_or_404(Server, pk=object_id)
         change_url = reverse("admin:instances_server_change", args=[server.pk])
         if request.method == "POST":
@@ -216,6 +223,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
                 form.save()
                 message = f"Re-pinned host key: {old} → {server.host_key_fingerprint}"
                 self.log_change(request, server, message)
+                record_pin(request, server, old)
                 self.message_user(request, f"{server}: {message}.", messages.SUCCESS)
                 return HttpResponseRedirect(change_url)
         else:
@@ -230,6 +238,18 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
             "media": self.media + form.media,
         }
         return TemplateResponse(request, "admin/instances/server/pin_host_key.html", context)
+
+
+def record_pin(request: HttpRequest, server: Server, old: str) -> None:
+    new = server.host_key_fingerprint
+    record_request(
+        request,
+        AuditVerb.HOST_KEY_PINNED,
+        f"{username_of(request.user)!r} from {remote_addr(request)} pinned the "
+        f"{server.host_key_type} host key of {server.hostname}: {old} → {new}",
+        obj=server,
+        changes={"host_key_fingerprint": [None if old == "none" else old, new]},
+    )
 
 
 # Observed state belongs to health polling and jobs: shown, never edited.
