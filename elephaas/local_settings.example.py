@@ -34,6 +34,10 @@ Values shown are the defaults.
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
 # ELEPHAAS_JOB_TIME_LIMIT=3600
 
+# --- Audit trail -----------------------------------------------------------------------
+# ELEPHAAS_AUDIT_RETENTION_DAYS=400   days audit events are kept (0: for ever); beat
+#                                     deletes older ones every hour
+
 # --- SSH -------------------------------------------------------------------------------
 # ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
 # ELEPHAAS_SSH_USER=postgres
