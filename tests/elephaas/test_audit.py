@@ -8,6 +8,7 @@ where a login is what is audited). Requests come from the test client, whose add
 
 from __future__ import annotations
 
+import io
 import logging
 from datetime import timedelta
 
@@ -711,7 +712,7 @@ class TestHostKeyPins:
             environment="prod",
             port=real.ssh_port,
             fingerprint=real.host_key_fingerprint,
-            stdout=open("/dev/null", "w"),  # noqa: SIM115 - closed with the process
+            stdout=io.StringIO(),
         )
 
         added, pinned = events()
