@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 SERVERS ?= 4
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpq-dev libldap2-dev \
 	libsasl2-dev postgresql postgresql-contrib openssh-server openssh-client bind9 \
-	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps
+	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps \
+	chromium chromium-driver
 
 .PHONY: demo test stop system venv lab-up lint bench
 

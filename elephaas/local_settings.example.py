@@ -45,6 +45,10 @@ Values shown are the defaults.
 # ELEPHAAS_SETTINGS_GATHER_EVERY=60     seconds between gatherings of the instances due
 # ELEPHAAS_SETTINGS_BATCH=50            instances one gathering reads at most
 
+# --- Audit trail -----------------------------------------------------------------------
+# ELEPHAAS_AUDIT_RETENTION_DAYS=400   days audit events are kept (0: for ever); beat
+#                                     deletes older ones every hour
+
 # --- SSH -------------------------------------------------------------------------------
 # ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
 # ELEPHAAS_SSH_USER=postgres

@@ -150,6 +150,10 @@ OUTBOX_BATCH = envint("ELEPHAAS_OUTBOX_BATCH", 500, 1)
 SETTINGS_INTERVAL = envfloat("ELEPHAAS_SETTINGS_INTERVAL", 600.0, 10)
 SETTINGS_GATHER_EVERY = envfloat("ELEPHAAS_SETTINGS_GATHER_EVERY", 60.0, 1)
 SETTINGS_BATCH = envint("ELEPHAAS_SETTINGS_BATCH", 50, 1, 10000)
+# The audit trail (instances.audit) keeps its rows this many days (0: for ever); beat
+# deletes older ones every AUDIT_PRUNE_INTERVAL seconds, a batch at a time.
+AUDIT_RETENTION_DAYS = envint("ELEPHAAS_AUDIT_RETENTION_DAYS", 400, 0)
+AUDIT_PRUNE_INTERVAL = 3600.0
 CELERY_BEAT_SCHEDULE = {
     "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
     "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
@@ -167,6 +171,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "instances.advance_campaigns",
         "schedule": OUTBOX_INTERVAL,
         "options": {"expires": OUTBOX_INTERVAL},
+    },
+    "prune-audit-events": {
+        "task": "instances.prune_audit_events",
+        "schedule": AUDIT_PRUNE_INTERVAL,
+        "options": {"expires": AUDIT_PRUNE_INTERVAL},
     },
 }
 

@@ -7,7 +7,6 @@ campaign has not ended.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 from django.contrib import admin, messages
@@ -19,13 +18,13 @@ from django.template.response import TemplateResponse
 from django.urls import re_path, reverse
 from django.utils import timezone
 
+from elephaas.admin_security import refuse
 from instances.admin.display import GREEN, GREY, ORANGE, RED, badge
 from instances.admin.jobs import state_badge
+from instances.audit import remote_addr
 from instances.choices import CampaignKind, CampaignState, JobState
 from instances.jobs import campaigns
 from instances.models import Campaign
-
-audit = logging.getLogger("elephaas.audit")
 
 STATE_COLOURS = {
     CampaignState.RUNNING: "#0d6efd",
@@ -186,13 +185,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if verb not in actions:
             raise PermissionDenied
         if not request.user.has_perm("instances.control_campaign"):
-            audit.warning(
-                "%s of campaign #%s refused: %r from %s lacks instances.control_campaign",
-                verb,
-                campaign.pk,
-                request.user.get_username(),
-                request.META.get("REMOTE_ADDR") or "-",
-            )
-            raise PermissionDenied
-        self.message_user(request, actions[verb](campaign, request.user), messages.INFO)
+            refuse(request, f"{verb} of campaign #{campaign.pk}", "instances.control_campaign")
+        message = actions[verb](campaign, request.user, remote=remote_addr(request))
+        self.message_user(request, message, messages.INFO)
         return HttpResponseRedirect(reverse("admin:instances_campaign_change", args=[campaign.pk]))

@@ -7,8 +7,6 @@ Undo (on the jobs list) is the same change with the old values the jobs recorded
 
 from __future__ import annotations
 
-import logging
-
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -17,12 +15,12 @@ from django.template.response import TemplateResponse
 
 from elephaas import admin_security
 from instances import settings_check
+from instances.audit import remote_addr
 from instances.choices import JobKind, JobState
 from instances.jobs import queue as job_queue
 from instances.models import Instance
 from instances.settings_planning import check_name
 
-audit = logging.getLogger("elephaas.audit")
 PERMISSION = "instances.configure_instance"
 
 
@@ -86,6 +84,7 @@ def change_setting(modeladmin, request: HttpRequest, selected: list, targets: li
                     targets,
                     user=request.user,
                     params={"name": name, "value": value},
+                    remote=remote_addr(request),
                 )
                 restart = sum(1 for _, v, _ in checked if v.restart)
                 modeladmin.message_user(
@@ -137,6 +136,7 @@ def undo_setting_action(modeladmin, request: HttpRequest, queryset) -> None:
             [job.instance],
             user=request.user,
             params={"name": job.params["name"], "value": job.params["previous"], "undo_of": job.pk},
+            remote=remote_addr(request),
         )
     modeladmin.message_user(
         request,
