@@ -71,12 +71,21 @@ def test_a_dba_switches_a_herd_over_and_sees_the_new_primary(page, browse, celer
     assert roles[old.server.hostname] == Role.REPLICA
     assert new.server.hostname in page.text("#herd-endpoints")
 
-    # --- LEAD: topology picture (wt-see) -----------------------------------------------
-    # Once the herd page draws its SVG topology, assert here that the picture shows
-    # `new` as the primary and `old` as its replica, for instance:
-    #     svg = page.find("<the picture's selector> svg")
-    #     assert <new.server.hostname marked primary in svg>
-    # ------------------------------------------------------------------------------------
+    # The topology picture follows: `new` drawn as the primary, an edge from it to `old`,
+    # and no edge left from `old`.
+    picture = page.find("#herd-topology svg.herd-topology")
+    page.driver.execute_script("arguments[0].scrollIntoView()", picture)
+    page.shot("herd topology after the switchover")
+    node = picture.find_element(By.CSS_SELECTOR, f'g.node[data-key="{new.pk}"]')
+    assert "PRIMARY" in node.text and new.server.hostname in node.text
+    edge = picture.find_elements(
+        By.CSS_SELECTOR, f'g.edge[data-source="{new.pk}"][data-target="{old.pk}"]'
+    )
+    assert len(edge) == 1, picture.get_attribute("outerHTML")[:2000]
+    # Streaming once a health sweep or the job has seen it; never broken or misdirected.
+    kind = edge[0].get_attribute("class").split("edge-")[-1]
+    assert kind in ("streaming", "lagging", "unknown"), kind
+    assert not picture.find_elements(By.CSS_SELECTOR, f'g.edge[data-source="{old.pk}"]')
 
     drill = Drill.objects.get(job=job)
     assert drill.new_primary == new.label and drill.outcome == "completed"
