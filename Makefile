@@ -6,11 +6,15 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 SERVERS ?= 4
+# `make deb` and tests/deploy: Debian's packaging tools, and systemd for systemd-analyze.
+DEB_APT_PACKAGES := debhelper dh-virtualenv lintian python3.11-dev python3.11-venv systemd
+DEB_DIR := build/deb
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpq-dev libldap2-dev \
 	libsasl2-dev postgresql postgresql-contrib openssh-server openssh-client bind9 \
-	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps
+	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps \
+	$(DEB_APT_PACKAGES)
 
-.PHONY: demo test stop system venv lab-up lint bench
+.PHONY: demo test stop system venv lab-up lint bench deb
 
 demo: venv
 	$(PY) -m lab up --servers $(SERVERS)
@@ -36,7 +40,7 @@ system:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-runtime.txt
 	/usr/bin/python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
@@ -52,3 +56,23 @@ lint: venv
 bench: venv
 	$(PY) -m lab up --servers $(SERVERS)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# The Debian package, built from a copy of what goes into it (tracked and untracked files,
+# never git-ignored ones) so that dpkg-buildpackage writes its outputs into $(DEB_DIR)
+# rather than next to this folder; rebuilt only when one of them changed. The version says
+# which commit: 0.1.0+git<commits>.<hash>.
+DEB_INPUTS := $(shell git ls-files --cached --others --exclude-standard -- manage.py elephaas \
+	herds instances templates debian requirements-runtime.txt README.md 2>/dev/null)
+
+deb: system $(DEB_DIR)/.built
+
+$(DEB_DIR)/.built: $(wildcard $(DEB_INPUTS)) Makefile
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	cp --parents -t $(DEB_DIR)/src $(wildcard $(DEB_INPUTS))
+	version="$$(dpkg-parsechangelog -l debian/changelog -S Version)+git$$(git rev-list --count HEAD).$$(git rev-parse --short HEAD)"; \
+		sed -i "1s/([^)]*)/($$version)/" $(DEB_DIR)/src/debian/changelog
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc
+	lintian --fail-on error,warning $(DEB_DIR)/*.changes
+	ls -l $(DEB_DIR)/*.deb
+	touch $@
