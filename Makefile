@@ -59,20 +59,28 @@ bench: venv
 
 # The Debian package, built from a copy of what goes into it (tracked and untracked files,
 # never git-ignored ones) so that dpkg-buildpackage writes its outputs into $(DEB_DIR)
-# rather than next to this folder; rebuilt only when one of them changed. The version says
-# which commit: 0.1.0+git<commits>.<hash>.
+# rather than next to this folder; rebuilt only when one of them, or the commit, changed.
+# The version says which commit: <debian/changelog's>+git<commits>.<hash>.
 DEB_INPUTS := $(shell git ls-files --cached --others --exclude-standard -- manage.py elephaas \
 	herds instances templates debian requirements-runtime.txt README.md 2>/dev/null)
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)+git$(shell \
+	git rev-list --count HEAD 2>/dev/null).$(shell git rev-parse --short HEAD 2>/dev/null)
 
 deb: system $(DEB_DIR)/.built
 
-$(DEB_DIR)/.built: $(wildcard $(DEB_INPUTS)) Makefile
+# Rewritten only when the version changes, so that a new commit rebuilds the package.
+build/deb-version: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DEB_VERSION)' | cmp -s - $@ || echo '$(DEB_VERSION)' > $@
+
+$(DEB_DIR)/.built: $(wildcard $(DEB_INPUTS)) Makefile build/deb-version
 	rm -rf $(DEB_DIR)
 	mkdir -p $(DEB_DIR)/src
 	cp --parents -t $(DEB_DIR)/src $(wildcard $(DEB_INPUTS))
-	version="$$(dpkg-parsechangelog -l debian/changelog -S Version)+git$$(git rev-list --count HEAD).$$(git rev-parse --short HEAD)"; \
-		sed -i "1s/([^)]*)/($$version)/" $(DEB_DIR)/src/debian/changelog
+	sed -i "1s/([^)]*)/($(DEB_VERSION))/" $(DEB_DIR)/src/debian/changelog
 	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc
 	lintian --fail-on error,warning $(DEB_DIR)/*.changes
 	ls -l $(DEB_DIR)/*.deb
 	touch $@
+
+.PHONY: FORCE
