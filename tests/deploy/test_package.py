@@ -372,6 +372,8 @@ def test_it_installs_the_user_the_keys_and_the_configuration(package) -> None:
     conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "elephaas"]).stdout
     assert "/etc/elephaas/elephaas.env" in conffiles
     assert "/etc/elephaas/local_settings.py" in conffiles
+    # What /etc/elephaas/local_settings.py points to, readable as it is.
+    assert Path("/usr/share/doc/elephaas/local_settings.example.py").is_file()
     # Static files were collected by postinst, gzip copies included, and the code compiled.
     assert (STATE / "static" / "admin" / "css" / "base.css").is_file()
     assert (STATE / "static" / "admin" / "css" / "base.css.gz").is_file()
