@@ -6,12 +6,16 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 SERVERS ?= 4
+# `make deb` and tests/deploy: Debian's packaging tools, and systemd for systemd-analyze.
+DEB_APT_PACKAGES := debhelper dh-virtualenv lintian python3.11-dev python3.11-venv systemd
+DEB_DIR := build/deb
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpq-dev libldap2-dev \
 	libsasl2-dev postgresql postgresql-contrib openssh-server openssh-client bind9 \
 	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps \
+	chromium chromium-driver $(DEB_APT_PACKAGES) \
 	iproute2 nftables
 
-.PHONY: demo test stop system venv lab-up lint bench
+.PHONY: demo test stop system venv lab-up lint bench deb
 
 demo: venv
 	$(PY) -m lab up --servers $(SERVERS)
@@ -37,7 +41,7 @@ system:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-runtime.txt
 	/usr/bin/python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
@@ -53,3 +57,31 @@ lint: venv
 bench: venv
 	$(PY) -m lab up --servers $(SERVERS)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# The Debian package, built from a copy of what goes into it (tracked and untracked files,
+# never git-ignored ones) so that dpkg-buildpackage writes its outputs into $(DEB_DIR)
+# rather than next to this folder; rebuilt only when one of them, or the commit, changed.
+# The version says which commit: <debian/changelog's>+git<commits>.<hash>.
+DEB_INPUTS := $(shell git ls-files --cached --others --exclude-standard -- manage.py elephaas \
+	herds instances templates debian requirements-runtime.txt README.md 2>/dev/null)
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)+git$(shell \
+	git rev-list --count HEAD 2>/dev/null).$(shell git rev-parse --short HEAD 2>/dev/null)
+
+deb: system $(DEB_DIR)/.built
+
+# Rewritten only when the version changes, so that a new commit rebuilds the package.
+build/deb-version: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DEB_VERSION)' | cmp -s - $@ || echo '$(DEB_VERSION)' > $@
+
+$(DEB_DIR)/.built: $(wildcard $(DEB_INPUTS)) Makefile build/deb-version
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	cp --parents -t $(DEB_DIR)/src $(wildcard $(DEB_INPUTS))
+	sed -i "1s/([^)]*)/($(DEB_VERSION))/" $(DEB_DIR)/src/debian/changelog
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc
+	lintian --fail-on error,warning $(DEB_DIR)/*.changes
+	ls -l $(DEB_DIR)/*.deb
+	touch $@
+
+.PHONY: FORCE

@@ -13,8 +13,9 @@ Who is checked where:
 3. An unreachable LDAP server fails the login within ELEPHAAS_LDAP_TIMEOUT seconds and
    the login page says so.
 
-Every login, refused login and logout is written to the `elephaas.audit` logger with the
-username and the remote address, never the password.
+Every login, refused login and logout is an audit event (instances.audit: a row of the
+audit trail and a line on the `elephaas.audit` logger) with the username and the remote
+address, never the password.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import transaction
 from django.dispatch import receiver
-from django.http import HttpRequest
 from django_auth_ldap.backend import LDAPBackend, ldap_error
+
+from instances.audit import record, remote_addr
+from instances.choices import AuditVerb
 
 audit = logging.getLogger("elephaas.audit")
 
@@ -44,14 +47,6 @@ LDAP_ERROR_MESSAGE = (
     "The LDAP server could not check this login (it answered with an error); "
     "local accounts still work."
 )
-
-
-def remote_addr(request: HttpRequest | None) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client wants it to be unless a
-    # trusted proxy rewrites it, and an audit trail must not be forgeable.
-    if request is None:
-        return "-"
-    return request.META.get("REMOTE_ADDR") or "-"
 
 
 def role_groups() -> dict[str, str]:
@@ -109,10 +104,15 @@ class ElephaasLDAPBackend(LDAPBackend):
             return None
         roles = mirror_roles(user, ldap_groups)
         if not user.is_staff:
-            audit.warning(
-                "login refused: %r from %s is in LDAP but in no ElepHaaS group",
-                user.get_username(),
-                remote_addr(request),
+            # Django's own login form then refuses a non-staff user without a signal: this
+            # is the refused login's one record.
+            record(
+                AuditVerb.LOGIN_REFUSED,
+                f"login refused: {user.get_username()!r} from {remote_addr(request)} is in "
+                "LDAP but in no ElepHaaS group",
+                username=user.get_username(),
+                remote=remote_addr(request),
+                obj=user,
             )
         else:
             audit.info(
@@ -147,6 +147,8 @@ def note_ldap_error(sender, context, user, request, exception, **kwargs) -> None
     if request is None or getattr(request, "_elephaas_ldap_error_shown", False):
         return
     request._elephaas_ldap_error_shown = True
+    # The refused login's audit event (audit_login_failed, just after) says why.
+    request._elephaas_ldap_error = "LDAP unreachable" if unreachable else "LDAP error"
     messages.error(
         request,
         UNREACHABLE_MESSAGE if unreachable else LDAP_ERROR_MESSAGE,
@@ -168,21 +170,39 @@ def _ldap_reason(exception: ldap.LDAPError) -> str:
 @receiver(user_logged_in)
 def audit_login(sender, request, user, **kwargs) -> None:
     backend = getattr(user, "backend", "") or ""
-    audit.info(
-        "login: %r from %s via %s",
-        user.get_username(),
-        remote_addr(request),
-        "LDAP" if backend.endswith("LDAPBackend") else "local account",
+    where = remote_addr(request)
+    record(
+        AuditVerb.LOGIN,
+        f"login: {user.get_username()!r} from {where} via "
+        + ("LDAP" if backend.endswith("LDAPBackend") else "local account"),
+        username=user.get_username(),
+        remote=where,
+        obj=user,
     )
 
 
 @receiver(user_login_failed)
 def audit_login_failed(sender, credentials, request=None, **kwargs) -> None:
-    # `credentials` has the password already replaced by stars; only the name is logged.
-    audit.warning("login refused: %r from %s", credentials.get("username"), remote_addr(request))
+    # `credentials` has the password already replaced by stars; only the name is kept.
+    username = str(credentials.get("username") or "")
+    where = remote_addr(request)
+    why = getattr(request, "_elephaas_ldap_error", "")
+    record(
+        AuditVerb.LOGIN_REFUSED,
+        f"login refused: {username!r} from {where}" + (f" ({why})" if why else ""),
+        username=username,
+        remote=where,
+    )
 
 
 @receiver(user_logged_out)
 def audit_logout(sender, request, user, **kwargs) -> None:
     if user is not None:
-        audit.info("logout: %r from %s", user.get_username(), remote_addr(request))
+        where = remote_addr(request)
+        record(
+            AuditVerb.LOGOUT,
+            f"logout: {user.get_username()!r} from {where}",
+            username=user.get_username(),
+            remote=where,
+            obj=user,
+        )

@@ -86,12 +86,15 @@ def load_env_file(path: Path) -> None:
     """Read KEY=VALUE lines into os.environ without overriding what is already set.
 
     The lab writes such a file (.lab/elephaas.env) so that `manage.py`, the worker and the
-    tests all find the lab's services without anyone exporting variables by hand.
+    tests all find the lab's services without anyone exporting variables by hand. On a
+    controller, `elephaas-manage` reads /etc/elephaas/elephaas.env, which the units read
+    as their EnvironmentFile: a key set twice takes its last value, as systemd does.
     """
     try:
         text = path.read_text()
     except FileNotFoundError:
         return
+    values: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -99,4 +102,6 @@ def load_env_file(path: Path) -> None:
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
             raise ImproperlyConfigured(f"{path}:{lineno}: expected KEY=VALUE")
-        os.environ.setdefault(key.strip(), value.strip())
+        values[key.strip()] = value.strip()
+    for key, value in values.items():
+        os.environ.setdefault(key, value)

@@ -1,9 +1,12 @@
 """Copy to elephaas/local_settings.py to override settings in Python.
 
+On a controller installed from the Debian package, write /etc/elephaas/local_settings.py
+instead (ELEPHAAS_LOCAL_SETTINGS): it runs after this one, in the settings' namespace.
+
 Normally you do not need this file: every setting below is read from an environment
-variable (see README.md, "Settings"), and variables ending in _FILE name a file holding a
-secret. Use local_settings.py only for what an environment variable cannot express.
-Values shown are the defaults.
+variable (see README.md, "Settings"; on a controller, /etc/elephaas/elephaas.env), and
+variables ending in _FILE name a file holding a secret. Use local_settings.py only for what
+an environment variable cannot express. Values shown are the defaults.
 """
 
 # --- Django ----------------------------------------------------------------------------
@@ -16,6 +19,15 @@ Values shown are the defaults.
 # ELEPHAAS_LOG_LEVEL=INFO
 # ELEPHAAS_ENV_FILE=$LAB_DIR/elephaas.env, else <repo>/.lab/elephaas.env   (KEY=VALUE
 #                   lines; never overrides the env)
+# ELEPHAAS_LOCAL_SETTINGS=/etc/elephaas/local_settings.py   (run after this file)
+
+# --- Behind TLS, behind a proxy, gunicorn ------------------------------------------------
+# ELEPHAAS_SECURE_COOKIES=false   session and CSRF cookies only over HTTPS
+# ELEPHAAS_HSTS_SECONDS=0         HSTS max-age (0: no header)
+# ELEPHAAS_PROXY_SSL_HEADER=      e.g. X-Forwarded-Proto, set to "https" by the TLS proxy
+# ELEPHAAS_WEB_BIND=127.0.0.1:8000   HOST:PORT or unix:PATH, comma-separated
+# ELEPHAAS_WEB_WORKERS=3
+# ELEPHAAS_WEB_TIMEOUT=60
 
 # --- Metadata database -----------------------------------------------------------------
 # ELEPHAAS_DB_HOST=127.0.0.1
@@ -34,22 +46,58 @@ Values shown are the defaults.
 # ELEPHAAS_JOB_HEARTBEAT=2        seconds between heartbeats of a running job
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
 # ELEPHAAS_JOB_TIME_LIMIT=3600
+# ELEPHAAS_METADATA_RETRY=60      seconds a job retries its bookkeeping on a restarting database
+# ELEPHAAS_BROKER_PUBLISH_TIMEOUT=1
+# ELEPHAAS_OUTBOX_INTERVAL=5      seconds between outbox sweeps
+# ELEPHAAS_OUTBOX_AFTER=3
+# ELEPHAAS_OUTBOX_RESEND=120
+# ELEPHAAS_OUTBOX_BATCH=500
+
+# --- Health polling ----------------------------------------------------------------------
+# ELEPHAAS_HEALTH_INTERVAL=30
+# ELEPHAAS_HEALTH_CONCURRENCY=256
+# ELEPHAAS_HEALTH_LAG_BYTES=16777216
+# ELEPHAAS_HEALTH_LAG_SECONDS=60
+
+# --- Operations ----------------------------------------------------------------------------
+# ELEPHAAS_COMMANDS_PRESET=debian   (or pg_ctl; single actions: COMMANDS below)
+# ELEPHAAS_PG_BINDIR=/usr/lib/postgresql/{version}/bin
+# ELEPHAAS_ACTION_WAIT=90
+# ELEPHAAS_REPLICATION_USER=replicator
+# ELEPHAAS_FAILOVER_MAX_LOSS_BYTES=1048576
+# ELEPHAAS_SWITCHOVER_MAX_LAG_BYTES=16777216
+# ELEPHAAS_SITE_DRILL_CONCURRENCY=3
+# ELEPHAAS_SALVAGE_WAIT=60
+# ELEPHAAS_FENCE_TIMEOUT=30
+# ELEPHAAS_FENCE_RETRY=60
+# ELEPHAAS_CONFIRM_PROBE_TIMEOUT=2
+# COMMANDS = {"start": ["sudo", "systemctl", "start", "postgresql@{version}-{cluster}"]}
+# FENCE_COMMANDS = {"prod": ["/usr/local/sbin/ipmi-off", "--host", "{hostname}"]}
 
 # --- Health and configuration polling (Celery beat) ---------------------------------------
-# ELEPHAAS_HEALTH_INTERVAL=30           seconds between health sweeps
+# ELEPHAAS_HEALTH_INTERVAL=30           seconds between sweeps
 # ELEPHAAS_HEALTH_CONCURRENCY=256       probes at once (at least the number of instances)
 # ELEPHAAS_HEALTH_FIRST_WRITE=1         seconds after which a sweep writes what answered
+# ELEPHAAS_HEALTH_LAG_BYTES=16777216    replica lag (bytes) shown as lagging
+# ELEPHAAS_HEALTH_LAG_SECONDS=60        replica lag (seconds) shown as lagging
+# ELEPHAAS_HEALTH_SAMPLE_RETENTION=24   hours of health samples kept (the dashboard's lag
+#                                       pictures); each sweep deletes older ones
 # ELEPHAAS_SETTINGS_INTERVAL=600        seconds after which an instance's settings are read again
 # ELEPHAAS_SETTINGS_GATHER_EVERY=60     seconds between gatherings of the instances due
 # ELEPHAAS_SETTINGS_BATCH=50            instances one gathering reads at most
 
+# --- Audit trail -----------------------------------------------------------------------
+# ELEPHAAS_AUDIT_RETENTION_DAYS=400   days audit events are kept (0: for ever); beat
+#                                     deletes older ones every hour
+
 # --- SSH -------------------------------------------------------------------------------
-# ELEPHAAS_SSH_KEY=/etc/elephaas/id_ed25519   (controller private key; .pub shown to DBAs)
+# ELEPHAAS_SSH_KEY=/var/lib/elephaas/.ssh/id_ed25519   (controller key; .pub shown to DBAs)
 # ELEPHAAS_SSH_USER=postgres
 # ELEPHAAS_SSH_PORT=22
 # ELEPHAAS_SSH_CONNECT_TIMEOUT=10
 # ELEPHAAS_SSH_COMMAND_TIMEOUT=600
 # ELEPHAAS_SSH_KEEPALIVE=15
+# ELEPHAAS_SSH_MAX_PER_SERVER=8
 
 # --- Managed instances (the probe) ------------------------------------------------------
 # ELEPHAAS_PG_USER=elephaas

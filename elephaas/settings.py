@@ -1,14 +1,17 @@
 """ElepHaaS settings.
 
 Every value comes from an environment variable (read through the typed helpers in
-envconf), with a default that works on the lab; `elephaas/local_settings.py`, if present,
-may override anything. Every variable is listed with its default in
-`elephaas/local_settings.example.py` and in the README.
+envconf), with a default that works on the lab; `elephaas/local_settings.py`, then the
+controller's `/etc/elephaas/local_settings.py` (ELEPHAAS_LOCAL_SETTINGS), if present, may
+override anything. Every variable is listed with its default in
+`elephaas/local_settings.example.py`, in the README and in the package's
+`/etc/elephaas/elephaas.env` (debian/elephaas.env).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -18,8 +21,9 @@ from .envconf import envbool, envfloat, envint, envlist, envsecret, envstr, load
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # The lab writes its addresses and secret-file paths here (LAB_DIR/elephaas.env, so that
-# LAB_DIR=.lab-scale points benchmarks at the scale lab); real deployments set the
-# variables in their unit files (debian/) and have no such file.
+# LAB_DIR=.lab-scale points a benchmark at the scale lab). On a controller the units read
+# /etc/elephaas/elephaas.env (EnvironmentFile=) and `elephaas-manage` points this variable
+# at that same file, so commands and services see one configuration.
 _LAB_DIR = Path(os.environ["LAB_DIR"]).resolve() if os.environ.get("LAB_DIR") else BASE_DIR / ".lab"
 load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", _LAB_DIR / "elephaas.env")))
 
@@ -32,6 +36,29 @@ if not SECRET_KEY:
     )
 ALLOWED_HOSTS = envlist("ELEPHAAS_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = envlist("ELEPHAAS_CSRF_TRUSTED_ORIGINS", "")
+
+# --- Behind TLS and behind a proxy ------------------------------------------------------
+# Served over HTTPS (directly or by a proxy): cookies are sent only over HTTPS, so a
+# session cannot leak over a plain-HTTP link to the same host name.
+SECURE_COOKIES = envbool("ELEPHAAS_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+# HSTS: browsers refuse plain HTTP to this host for that many seconds. Only for a host
+# that will stay on HTTPS; 0 sends no header. Subdomains are left alone on purpose: the
+# controller's name is rarely the parent of the names other services use.
+SECURE_HSTS_SECONDS = envint("ELEPHAAS_HSTS_SECONDS", 0, 0)
+# A TLS-terminating proxy in front of gunicorn says the original scheme in this header
+# (e.g. X-Forwarded-Proto); without it Django believes every request came over HTTP and
+# CSRF refuses HTTPS form posts. Set it only when the proxy always overwrites the
+# header: a client could otherwise claim HTTPS.
+PROXY_SSL_HEADER = envstr("ELEPHAAS_PROXY_SSL_HEADER", "").strip()
+if PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z0-9-]+", PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(
+            f"ELEPHAAS_PROXY_SSL_HEADER={PROXY_SSL_HEADER!r} is not a header name "
+            "(e.g. X-Forwarded-Proto)"
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -46,6 +73,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from gunicorn itself (no web server needed in front of it); right after
+    # SecurityMiddleware as WhiteNoise asks, so its responses get the security headers.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,6 +132,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(envstr("ELEPHAAS_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# collectstatic also writes gzip copies that WhiteNoise serves to browsers that take them.
+# Not the Manifest variant: it makes every {% static %} fail until collectstatic has run,
+# which a test run or the lab's runserver never does.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # --- Celery (broker: Redis) -------------------------------------------------------------
 CELERY_BROKER_URL = envstr("ELEPHAAS_BROKER_URL", "redis://127.0.0.1:6390/0")
@@ -139,6 +176,9 @@ HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 256, 1, 4096)
 HEALTH_FIRST_WRITE = envfloat("ELEPHAAS_HEALTH_FIRST_WRITE", 1.0, 0)
 HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
 HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
+# Each sweep keeps a sample per instance (online, lag) for the dashboard's lag pictures and
+# deletes those older than this many hours.
+HEALTH_SAMPLE_RETENTION = envint("ELEPHAAS_HEALTH_SAMPLE_RETENTION", 24, 1, 24 * 366)
 # The broker only rings the bell; the jobs table is the queue of record. A request waits
 # at most this long for the broker to take a job; the outbox sweep (every OUTBOX_INTERVAL
 # seconds, and when a worker starts) sends again what it did not take after OUTBOX_AFTER
@@ -154,6 +194,10 @@ OUTBOX_BATCH = envint("ELEPHAAS_OUTBOX_BATCH", 500, 1)
 SETTINGS_INTERVAL = envfloat("ELEPHAAS_SETTINGS_INTERVAL", 600.0, 10)
 SETTINGS_GATHER_EVERY = envfloat("ELEPHAAS_SETTINGS_GATHER_EVERY", 60.0, 1)
 SETTINGS_BATCH = envint("ELEPHAAS_SETTINGS_BATCH", 50, 1, 10000)
+# The audit trail (instances.audit) keeps its rows this many days (0: for ever); beat
+# deletes older ones every AUDIT_PRUNE_INTERVAL seconds, a batch at a time.
+AUDIT_RETENTION_DAYS = envint("ELEPHAAS_AUDIT_RETENTION_DAYS", 400, 0)
+AUDIT_PRUNE_INTERVAL = 3600.0
 CELERY_BEAT_SCHEDULE = {
     "poll-health": {"task": "instances.poll_health", "schedule": HEALTH_INTERVAL},
     "reap-lost-jobs": {"task": "instances.reap_lost_jobs", "schedule": 30.0},
@@ -172,10 +216,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": OUTBOX_INTERVAL,
         "options": {"expires": OUTBOX_INTERVAL},
     },
+    "prune-audit-events": {
+        "task": "instances.prune_audit_events",
+        "schedule": AUDIT_PRUNE_INTERVAL,
+        "options": {"expires": AUDIT_PRUNE_INTERVAL},
+    },
 }
 
 # --- SSH to managed servers -------------------------------------------------------------
-SSH_PRIVATE_KEY = envstr("ELEPHAAS_SSH_KEY", "/etc/elephaas/id_ed25519")
+# The Debian package's postinst generates this key (owned by the elephaas user, 0600).
+SSH_PRIVATE_KEY = envstr("ELEPHAAS_SSH_KEY", "/var/lib/elephaas/.ssh/id_ed25519")
 SSH_DEFAULT_USER = envstr("ELEPHAAS_SSH_USER", "postgres")
 SSH_DEFAULT_PORT = envint("ELEPHAAS_SSH_PORT", 22, 1, 65535)
 SSH_CONNECT_TIMEOUT = envfloat("ELEPHAAS_SSH_CONNECT_TIMEOUT", 10.0, 0.1)
@@ -301,3 +351,11 @@ try:
     from .local_settings import *  # noqa: F403
 except ImportError:
     pass
+
+# The controller's own overrides, kept in /etc with its other configuration so that an
+# upgrade of the package (which replaces the code folder) never loses them. Run in this
+# module's namespace, so the file may change settings in place, e.g.
+# LOGGING["loggers"]["elephaas.audit"] = {...}.
+LOCAL_SETTINGS = Path(envstr("ELEPHAAS_LOCAL_SETTINGS", "/etc/elephaas/local_settings.py"))
+if LOCAL_SETTINGS.is_file():
+    exec(compile(LOCAL_SETTINGS.read_text(), str(LOCAL_SETTINGS), "exec"))  # noqa: S102

@@ -150,6 +150,7 @@ def start(
     concurrency: int,
     canary: bool,
     reverse_of: Campaign | None = None,
+    remote: str = "-",
 ) -> Campaign:
     """A campaign of one switchover per herd that passed its gates, in the order given."""
     passed = [c for c in checks if c.ok]
@@ -188,4 +189,5 @@ def start(
         canary=canary,
         params={"left_out": left_out},
         reverse_of=reverse_of,
+        remote=remote,
     )

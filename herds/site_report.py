@@ -31,6 +31,7 @@ CSV_COLUMNS = [
     "started_at",
     "finished_at",
     "outcome",
+    "earlier_attempts",
 ]
 
 
@@ -46,10 +47,20 @@ def _lost(drill: Drill | None) -> str:
 
 
 def as_dict(campaign: Campaign) -> dict:
-    jobs = list(campaign.jobs.select_related("herd").order_by("wave", "pk"))
+    every = list(campaign.jobs.select_related("herd").order_by("wave", "pk"))
+    # A job retried within the campaign is replaced by its retry; the herd's row names
+    # the attempts that failed before it.
+    by_pk = {j.pk: j for j in every}
+    retried = {j.retry_of_id for j in every if j.retry_of_id}
+    jobs = [j for j in every if j.pk not in retried]
     drills = {d.job_id: d for d in Drill.objects.filter(job__in=jobs)}
     herds = []
     for job in jobs:
+        earlier = []
+        previous = by_pk.get(job.retry_of_id)
+        while previous is not None:
+            earlier.append({"job": previous.pk, "state": previous.state, "error": previous.error})
+            previous = by_pk.get(previous.retry_of_id)
         drill = drills.get(job.pk)
         site = job.params.get("site", {})
         herds.append(
@@ -76,6 +87,7 @@ def as_dict(campaign: Campaign) -> dict:
                 "finished_at": _iso(job.finished_at),
                 "seconds": job.duration,
                 "outcome": job.error or (drill.outcome if drill else "") or job.summary,
+                "earlier_attempts": earlier[::-1],
             }
         )
     ended = [h for h in herds if h["seconds"] is not None and h["finished_at"]]
@@ -144,6 +156,9 @@ def csv_rows(record: dict) -> list[list]:
                 herd["started_at"] or "",
                 herd["finished_at"] or "",
                 herd["outcome"],
+                "; ".join(
+                    f"#{a['job']} {a['state']}: {a['error']}" for a in herd["earlier_attempts"]
+                ),
             ]
         )
     return rows

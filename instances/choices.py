@@ -33,6 +33,26 @@ class ReplicationHealth(models.TextChoices):
     UNKNOWN = "unknown", "unknown"
 
 
+class HerdHealth(models.TextChoices):
+    """A herd as a whole, worst first: the colour of its tile on the fleet dashboard.
+
+    The order of the members is the order of severity (health_rules.herd_health decides).
+    """
+
+    # More than one primary answers as such: clients may be writing to both.
+    SPLIT_BRAIN = "split_brain", "split brain"
+    # Members were checked and none is a primary that answers: nothing takes writes.
+    NO_PRIMARY = "no_primary", "no primary online"
+    # A member is offline, or a replica does not stream (not streaming, upstream gone or
+    # wrong).
+    DEGRADED = "degraded", "degraded"
+    LAGGING = "lagging", "lagging"
+    # Some member was never checked, or its WAL receiver cannot be read.
+    UNKNOWN = "unknown", "not checked"
+    HEALTHY = "healthy", "healthy"
+    EMPTY = "empty", "no instances"
+
+
 class JobKind(models.TextChoices):
     """What a job does; a drill's kind is one of the two herd moves (SWITCHOVER, FAILOVER)."""
 
@@ -146,3 +166,38 @@ class ClusterState(models.TextChoices):
     STOPPED = "stopped", "stopped"
     # No cluster in its data directory, or no data directory at all.
     EMPTY = "empty", "empty"
+
+
+class AuditVerb(models.TextChoices):
+    """What an audit event says happened (instances.audit); one row and one log line each."""
+
+    LOGIN = "login", "logged in"
+    LOGOUT = "logout", "logged out"
+    LOGIN_REFUSED = "login_refused", "login refused"
+    ACTION_REFUSED = "action_refused", "action refused"
+    JOB_QUEUED = "job_queued", "job queued"
+    JOB_CANCELLED = "job_cancelled", "job cancelled"
+    JOB_RETRIED = "job_retried", "job retried"
+    ADDED = "added", "added"
+    CHANGED = "changed", "changed"
+    DELETED = "deleted", "deleted"
+    HOST_KEY_PINNED = "host_key_pinned", "host key pinned"
+    # A switchover or failover job (its own, or one of a site drill's).
+    DRILL_QUEUED = "drill_queued", "drill queued"
+    DRILL_ENDED = "drill_ended", "drill ended"
+    # A campaign of switchovers to the DR site, or back (CampaignKind.site_drills()).
+    SITE_DRILL_QUEUED = "site_drill_queued", "site drill queued"
+    SITE_DRILL_ENDED = "site_drill_ended", "site drill ended"
+    CAMPAIGN_QUEUED = "campaign_queued", "campaign queued"
+    CAMPAIGN_ENDED = "campaign_ended", "campaign ended"
+    CAMPAIGN_PAUSED = "campaign_paused", "campaign paused"
+    CAMPAIGN_RESUMED = "campaign_resumed", "campaign resumed"
+    CAMPAIGN_ABANDONED = "campaign_abandoned", "campaign abandoned"
+
+    @classmethod
+    def refusals(cls) -> frozenset[AuditVerb]:
+        return frozenset({cls.LOGIN_REFUSED, cls.ACTION_REFUSED})
+
+    @classmethod
+    def inventory_edits(cls) -> frozenset[AuditVerb]:
+        return frozenset({cls.ADDED, cls.CHANGED, cls.DELETED, cls.HOST_KEY_PINNED})

@@ -12,7 +12,12 @@ A sweep (the `instances.poll_health` task, every HEALTH_INTERVAL seconds):
    answered, a replica's lag against its upstream's LSN when that upstream answered in the
    same sweep; for an instance that did not answer, only online=False and why: its LSNs
    and lag stay as they were, never invented;
-5. write with one bulk UPDATE per group of instances that change the same fields.
+5. write with one bulk UPDATE per group of instances that change the same fields, what
+   answered within HEALTH_FIRST_WRITE seconds at once, the rest when it answers or its
+   probe gives up;
+6. keep a sample per instance (online, lag) in one INSERT, and delete the samples older
+   than HEALTH_SAMPLE_RETENTION hours in one DELETE (the dashboard's lag pictures); both
+   per write of step 5.
 
 The decisions (what changed, how far behind, is it lagging, is its upstream gone) are
 plain functions of plain values in instances.health_rules.
@@ -41,7 +46,7 @@ from instances import probe
 from instances.choices import JobKind, JobOrigin, JobState
 from instances.health_rules import Outcome, Unreachable, observe
 from instances.jobs import queue
-from instances.models import Instance, Job
+from instances.models import HealthSample, Instance, Job
 
 log = logging.getLogger("elephaas.health")
 
@@ -64,6 +69,8 @@ class SweepSummary:
     first_write: float | None = None
     skipped: bool = False
     fence_jobs: int = 0
+    samples: int = 0
+    samples_pruned: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,9 +231,21 @@ def _record(instances: list[Instance], outcomes: dict[int, Outcome], summary: Sw
     its upstream's answer in this sweep, if it is in already (written first or together)."""
     now = timezone.now()
     groups: dict[tuple[str, ...], list[Instance]] = {}
+    samples: list[HealthSample] = []
     for instance in instances:
         upstream = outcomes.get(instance.upstream_id) if instance.upstream_id else None
         fields = observe(instance, outcomes[instance.pk], upstream, now)
+        # From what this sweep measured, not from the row: an instance that did not
+        # answer keeps its old lag on the row, but its sample has none.
+        samples.append(
+            HealthSample(
+                instance_id=instance.pk,
+                taken_at=now,
+                online=fields["online"],
+                lag_bytes=fields.get("lag_bytes"),
+                lag_seconds=fields.get("lag_seconds"),
+            )
+        )
         if fields["online"]:
             summary.online += 1
         else:
@@ -241,6 +260,22 @@ def _record(instances: list[Instance], outcomes: dict[int, Outcome], summary: Sw
         groups.setdefault(tuple(sorted(fields)), []).append(instance)
     for names, rows in groups.items():
         _bulk_set(rows, names)
+    kept, pruned = keep_samples(samples, now)
+    summary.samples += kept
+    summary.samples_pruned += pruned
+
+
+def keep_samples(samples: list[HealthSample], now) -> tuple[int, int]:
+    """Insert this sweep's samples, delete the expired ones: (kept, deleted).
+
+    One statement each whatever the fleet's size: Django sends a bulk_create without a
+    batch size as one INSERT on PostgreSQL, and a delete without cascades or signals as one
+    DELETE, which the taken_at index keeps to the rows that just expired.
+    """
+    HealthSample.objects.bulk_create(samples)
+    expired = now - timedelta(hours=settings.HEALTH_SAMPLE_RETENTION)
+    deleted, _ = HealthSample.objects.filter(taken_at__lt=expired).delete()
+    return len(samples), deleted
 
 
 def _ssh_answers(address: tuple[str, int]) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 from django.db.models import Q
 
-from instances.choices import ReplicationHealth, Role
+from instances.choices import HerdHealth, ReplicationHealth, Role
 from instances.wal import bytes_between
 
 if TYPE_CHECKING:
@@ -139,6 +139,37 @@ def replication_q(state: str) -> Q:
     raise ValueError(f"unknown replication state {state!r}")
 
 
+def herd_health(
+    *,
+    total: int,
+    offline: int,
+    broken: int,
+    lagging: int,
+    unknown: int,
+    online_primaries: int,
+) -> HerdHealth:
+    """A herd's state from its members' counts (herd_health_annotations() and
+    Herd.with_summary()'s online_primary_count), the worst that applies.
+
+    `broken`: replicas not streaming, whose upstream is gone or wrong; `unknown`: members
+    whose online state was never checked.
+    """
+    if total <= 0:
+        return HerdHealth.EMPTY
+    if online_primaries > 1:
+        return HerdHealth.SPLIT_BRAIN
+    # Only when something was checked: a herd nobody has polled yet is unknown, not down.
+    if online_primaries == 0 and unknown < total:
+        return HerdHealth.NO_PRIMARY
+    if offline or broken:
+        return HerdHealth.DEGRADED
+    if lagging:
+        return HerdHealth.LAGGING
+    if unknown:
+        return HerdHealth.UNKNOWN
+    return HerdHealth.HEALTHY
+
+
 def observe(
     recorded: Recorded, outcome: Outcome, upstream: Outcome | None, now: datetime
 ) -> dict[str, Any]:
@@ -170,6 +201,7 @@ def observe(
         "receive_lsn": outcome.receive_lsn or "",
         "replay_lsn": outcome.replay_lsn or "",
         "pending_restart": (outcome.pending_restart or "")[:500],
+        "timeline": outcome.timeline,
     }
     if role == Role.PRIMARY:
         # A primary has no upstream (a check constraint holds it): a replica promoted

@@ -60,6 +60,21 @@ def start(ctx: JobContext) -> str:
     return f"{instance.label} started: accepting connections as {_role_word(result)}"
 
 
+def end_own_sessions(ctx: JobContext, instance: Instance) -> None:
+    """A smart stop (or restart) waits for every client to leave, ElepHaaS's own kept
+    health connections included: end those first. Once the shutdown has begun, the
+    postmaster refuses the next sweep's reconnection, so they cannot come back."""
+    with ctx.step(
+        "end ElepHaaS's own monitoring sessions", f"{instance.server.hostname}:{instance.port}"
+    ) as step:
+        try:
+            step.output = (
+                f"{probe.end_kept_sessions(instance.server.hostname, instance.port)} ended"
+            )
+        except probe.ProbeError as exc:
+            step.output = f"not answering ({exc}); nothing to end"
+
+
 @operation(JobKind.STOP)
 def stop(ctx: JobContext) -> str:
     instance = ctx.job.instance
@@ -75,17 +90,7 @@ def stop(ctx: JobContext) -> str:
         record(instance, None, "stopped")
         return f"{instance.label} was already stopped: nothing to do"
     if mode == "smart":
-        # A smart stop waits for every client to leave, ElepHaaS's own kept health
-        # connections included: end those first.
-        with ctx.step(
-            "end ElepHaaS's own monitoring sessions", f"{instance.server.hostname}:{instance.port}"
-        ) as step:
-            try:
-                step.output = (
-                    f"{probe.end_kept_sessions(instance.server.hostname, instance.port)} ended"
-                )
-            except probe.ProbeError as exc:
-                step.output = f"not answering ({exc}); nothing to end"
+        end_own_sessions(ctx, instance)
     ctx.ssh(instance.server, command_for("stop", instance, mode=mode), f"stop ({mode})")
     if is_running(ctx, instance):
         raise JobFailed(f"{instance.label}: the stop command succeeded but it still runs")
@@ -101,6 +106,8 @@ def restart(ctx: JobContext) -> str:
     mode = ctx.job.params.get("mode", "fast")
     if mode not in commands.STOP_MODES:
         raise JobFailed(f"stop mode {mode!r} is not one of {', '.join(commands.STOP_MODES)}")
+    if mode == "smart":
+        end_own_sessions(ctx, instance)
     ctx.ssh(instance.server, command_for("restart", instance, mode=mode), f"restart ({mode})")
     result = wait_for(ctx, instance, "accepting connections", lambda r, e: r is not None)
     record(instance, result)

@@ -42,6 +42,8 @@ class ProbeResult:
     wal_receiver_status: str | None = None
     # The settings whose change waits for a restart (pg_settings.pending_restart), by name.
     pending_restart: str = ""
+    # The timeline it writes on (a primary) or receives (a replica); None when not readable.
+    timeline: int | None = None
 
 
 QUERY = """
@@ -64,7 +66,17 @@ SELECT pg_is_in_recovery(),
        current_setting('primary_conninfo'),
        (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver LIMIT 1),
        (SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_settings
-         WHERE pending_restart)
+         WHERE pending_restart),
+       CASE WHEN pg_is_in_recovery()
+            -- What its WAL receiver streams (hidden without pg_read_all_stats), else the
+            -- timeline of its last restartpoint.
+            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))
+            -- The first 8 hex digits of the current WAL file's name: right from the
+            -- promotion on, where pg_control_checkpoint() keeps the old timeline until
+            -- the next checkpoint completes (a spread one takes minutes).
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
+       END
 """
 
 
@@ -174,6 +186,7 @@ def probe(
         conninfo,
         wal,
         pend,
+        timeline,
     ) = row
     return ProbeResult(
         in_recovery=in_recovery,
@@ -187,6 +200,7 @@ def probe(
         duration=time.monotonic() - started,
         wal_receiver_status=wal,
         pending_restart=pend or "",
+        timeline=int(timeline) if timeline is not None else None,
     )
 
 

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from instances import commands, inventory, probe, ssh, steps
+from instances import audit, commands, inventory, probe, ssh, steps
 from instances import rebuild_planning as rp
 from instances.choices import CopyMethod, JobKind, Role
 from instances.jobs import queue
@@ -559,7 +559,11 @@ def queue_dns_refresh(ctx: JobContext, instance: Instance) -> str:
     if not herd.ro_vhost:
         return ""
     [job] = queue.create_jobs(
-        JobKind.REFRESH_DNS, [herd], user=ctx.job.requested_by, origin=ctx.job.origin
+        JobKind.REFRESH_DNS,
+        [herd],
+        user=ctx.job.requested_by,
+        origin=ctx.job.origin,
+        remote=audit.WORKER,
     )
     ctx.note(
         "DNS",

@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from instances import health, settings_gather
+from instances import audit, health, settings_gather
 from instances.jobs import campaigns, queue, runner
 
 
@@ -60,6 +60,12 @@ def advance_campaigns() -> int:
     """Every unfinished campaign decides again what may start (a worker killed between a
     job's end and its campaign's advance costs one interval)."""
     return campaigns.advance_unfinished()
+
+
+@shared_task(name="instances.prune_audit_events", expires=settings.AUDIT_PRUNE_INTERVAL)
+def prune_audit_events() -> int:
+    """Delete audit events older than ELEPHAAS_AUDIT_RETENTION_DAYS (beat, hourly)."""
+    return audit.prune()
 
 
 @worker_ready.connect

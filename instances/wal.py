@@ -1,7 +1,8 @@
 """WAL positions and sizes: LSN arithmetic and byte formatting. Pure, no I/O.
 
-The one place where an LSN becomes a number and a number of bytes becomes text, so that a
-plan, a job summary, a drill and an admin column all say "18.0 MB" the same way.
+The one place where an LSN becomes a number and a number of bytes (or a replica's lag in
+seconds) becomes text, so that a plan, a job summary, a drill, an admin column and a
+picture all say "18.0 MB" the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def format_bytes(value: int) -> str:
         if abs(size) < 1024 or unit == _UNITS[-1]:
             return f"{size:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def format_seconds(value: float) -> str:
+    """A replica's lag in time: 40 → '40 s', 600 → '10 min', 10800 → '3 h'."""
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.0f} h"
 
 
 def wal_segment_number(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:

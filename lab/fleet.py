@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from elephaas import service
+
 from . import proc
 from .state import (
     ADDRESS_PREFIX,
@@ -918,26 +920,8 @@ def manage(*args: str, input: str | None = None) -> str:
 
 
 def worker_argv(hostname: str, concurrency: int, queues: str | None = None) -> list[str]:
-    """A Celery worker as ElepHaaS runs it: threads (SSH work waits on I/O), no gossip."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "elephaas",
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        hostname,
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    return argv + (["--queues", queues] if queues else [])
+    """A Celery worker as ElepHaaS runs it (the Debian unit builds the same argv)."""
+    return service.worker_argv(hostname, concurrency, queues)
 
 
 def worker_pidfile() -> Path:
@@ -996,18 +980,7 @@ def restart_beat() -> int:
     pid = proc.running_from(beat_pidfile())
     if pid:
         proc.stop_pid(pid, "Celery beat", timeout=30)
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "elephaas",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        str(CELERY_DIR / "beat-schedule"),
-    ]
+    argv = service.beat_argv(str(CELERY_DIR / "beat-schedule"))
     return proc.spawn(
         argv, beat_pidfile(), LOG_DIR / "celery-beat.log", env=django_env(), cwd=REPO_DIR
     )

@@ -27,6 +27,16 @@ def lab_servers(lab) -> list[state.LabServer]:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, plus a copy of the roles as the migrations made them, taken before
+    any transactional test's flush empties auth_group (tests.helpers.restore_roles)."""
+    from tests.helpers import snapshot_roles
+
+    with django_db_blocker.unblock():
+        snapshot_roles()
+
+
+@pytest.fixture(scope="session")
 def celery_worker(lab, django_db_setup, django_db_blocker):
     """A real Celery worker process for this test session.
 

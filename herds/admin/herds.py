@@ -17,6 +17,7 @@ from django.utils.safestring import mark_safe
 
 from elephaas.admin_security import AuditedActionsMixin
 from herds import dns_records, endpoints
+from herds.admin import topology
 from herds.admin.refresh_dns import RefreshDNSActionMixin
 from herds.models import DRCandidate, Drill, DRPair, Environment, Herd
 from instances.admin import display
@@ -145,6 +146,7 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         "failover_herds",
         "move_to_dr_site",
         "rolling_restart",
+        "change_setting_herds",
         "refresh_dns_herds",
     )
 
@@ -180,6 +182,19 @@ class DrillActionsMixin(RefreshDNSActionMixin):
         from herds.admin.maintenance import rolling_restart_action
 
         return rolling_restart_action(self, request, queryset)
+
+    @admin.action(
+        description="Change a setting on every member of selected herds", permissions=["configure"]
+    )
+    def change_setting_herds(self, request: HttpRequest, queryset: QuerySet[Herd]):
+        from instances.admin.configure import change_herd_setting_action
+
+        return change_herd_setting_action(self, request, queryset)
+
+    def has_configure_permission(self, request: HttpRequest) -> bool:
+        from instances.admin.configure import PERMISSION
+
+        return request.user.has_perm(PERMISSION)
 
     def has_switchover_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("herds.switchover_herd")
@@ -310,12 +325,31 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
         url = reverse("admin:instances_instance_changelist")
         return format_html('<a href="{}?herd__id__exact={}">instances</a>', url, herd.pk)
 
+    def get_urls(self):
+        def view(func):
+            def wrapped(request, *args, **kwargs):
+                return func(self, request, *args, **kwargs)
+
+            return self.admin_site.admin_view(wrapped)
+
+        return [
+            path("topology/", view(topology.fleet_view), name="herds_herd_topology"),
+            path(
+                "<int:object_id>/topology.svg",
+                view(topology.herd_svg_view),
+                name="herds_herd_topology_svg",
+            ),
+        ] + super().get_urls()
+
     def change_view(self, request: HttpRequest, object_id: str, form_url="", extra_context=None):
         herd = self.get_object(request, object_id)
         primaries = []
-        if herd is not None and herd.split_brain:
-            primaries = [instance for instance in herd.primaries() if instance.online]
-        extra_context = {**(extra_context or {}), "split_brain_primaries": primaries}
+        extra_context = dict(extra_context or {})
+        if herd is not None:
+            if herd.split_brain:
+                primaries = [instance for instance in herd.primaries() if instance.online]
+            extra_context.update(topology.herd_context(herd))
+        extra_context["split_brain_primaries"] = primaries
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_formset(self, request: HttpRequest, form, formset, change: bool) -> None:

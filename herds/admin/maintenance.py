@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from herds.admin.site_drills import CampaignOptionsForm, may_drill, refuse
+from instances.audit import remote_addr
 from instances.choices import CampaignKind, JobKind
 from instances.jobs import campaigns
 
@@ -72,6 +73,7 @@ def rolling_restart_action(modeladmin, request: HttpRequest, queryset):
                 for herd in herds
             ],
             user=request.user,
+            remote=remote_addr(request),
             concurrency=data["concurrency"],
             canary=data["canary"],
             params={"mode": data["mode"], "only_pending": data["only_pending"]},

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 
 from django import forms
 from django.conf import settings
@@ -26,10 +25,9 @@ from django.urls import reverse
 from elephaas import admin_security
 from herds import site_drill, site_report
 from herds.models import Herd
+from instances.audit import remote_addr
 from instances.choices import CampaignKind
 from instances.models import Campaign
-
-audit = logging.getLogger("elephaas.audit")
 
 
 class CampaignOptionsForm(forms.Form):
@@ -99,6 +97,7 @@ def site_drill_page(
                 kind,
                 checks,
                 user=request.user,
+                remote=remote_addr(request),
                 concurrency=form.cleaned_data["concurrency"],
                 canary=form.cleaned_data["canary"],
                 reverse_of=reverse_of,

@@ -3,4 +3,4 @@
 Importing the package registers its ModelAdmins (Django's admin autodiscovery imports it).
 """
 
-from instances.admin import campaigns, inventory, jobs, settings_view  # noqa: F401
+from instances.admin import audit, campaigns, inventory, jobs, settings_view  # noqa: F401

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from instances.audit import remote_addr
 from instances.jobs import queue as job_queue
 
 
@@ -62,7 +63,12 @@ def confirm_and_queue(
         chosen = {**(params or {}), **(form.cleaned_data if form is not None else {})}
         with transaction.atomic():
             created = job_queue.create_jobs(
-                kind, targets, user=request.user, params=chosen, params_for=params_for
+                kind,
+                targets,
+                user=request.user,
+                params=chosen,
+                params_for=params_for,
+                remote=remote_addr(request),
             )
         if created:
             url = (

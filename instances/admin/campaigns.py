@@ -7,7 +7,6 @@ campaign has not ended.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 from django.contrib import admin, messages
@@ -19,13 +18,13 @@ from django.template.response import TemplateResponse
 from django.urls import re_path, reverse
 from django.utils import timezone
 
+from elephaas.admin_security import refuse
 from instances.admin.display import GREEN, GREY, ORANGE, RED, badge
 from instances.admin.jobs import state_badge
+from instances.audit import remote_addr
 from instances.choices import CampaignKind, CampaignState, JobState
 from instances.jobs import campaigns
 from instances.models import Campaign
-
-audit = logging.getLogger("elephaas.audit")
 
 STATE_COLOURS = {
     CampaignState.RUNNING: "#0d6efd",
@@ -74,13 +73,20 @@ class CampaignAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                _jobs=Count("jobs"),
-                _done=Count("jobs", filter=Q(jobs__state=JobState.SUCCEEDED)),
+                # Jobs retried within the campaign are replaced by their retries.
+                _jobs=Count("jobs", filter=Q(jobs__retries__isnull=True), distinct=True),
+                _done=Count(
+                    "jobs",
+                    filter=Q(jobs__state=JobState.SUCCEEDED, jobs__retries__isnull=True),
+                    distinct=True,
+                ),
                 _bad=Count(
                     "jobs",
                     filter=Q(
-                        jobs__state__in=[JobState.FAILED, JobState.ERRORED, JobState.CANCELLED]
+                        jobs__state__in=[JobState.FAILED, JobState.ERRORED, JobState.CANCELLED],
+                        jobs__retries__isnull=True,
                     ),
+                    distinct=True,
                 ),
             )
         )
@@ -122,7 +128,11 @@ class CampaignAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         campaign = get_object_or_404(Campaign, pk=object_id)
-        jobs = list(campaign.jobs.with_related().order_by("wave", "pk"))
+        every = list(campaign.jobs.with_related().order_by("wave", "pk"))
+        # A job retried within the campaign is replaced by its retry: listed, struck
+        # through, never counted.
+        retried = {j.retry_of_id: j.pk for j in every if j.retry_of_id}
+        jobs = [j for j in every if j.pk not in retried]
         counts = Counter(j.state for j in jobs)
         held = sum(1 for j in jobs if j.held)
         ended = sum(counts[s] for s in JobState.terminal())
@@ -133,7 +143,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "title": f"Campaign #{campaign.pk}: {campaign.title}",
             "campaign": campaign,
             "state_badge": campaign_badge(campaign),
-            "jobs": [(j, state_badge("held" if j.held else j.state)) for j in jobs],
+            "jobs": [
+                (j, state_badge("held" if j.held else j.state), retried.get(j.pk)) for j in every
+            ],
             "counts": [
                 (label, counts.get(value, 0))
                 for value, label in JobState.choices
@@ -173,13 +185,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if verb not in actions:
             raise PermissionDenied
         if not request.user.has_perm("instances.control_campaign"):
-            audit.warning(
-                "%s of campaign #%s refused: %r from %s lacks instances.control_campaign",
-                verb,
-                campaign.pk,
-                request.user.get_username(),
-                request.META.get("REMOTE_ADDR") or "-",
-            )
-            raise PermissionDenied
-        self.message_user(request, actions[verb](campaign, request.user), messages.INFO)
+            refuse(request, f"{verb} of campaign #{campaign.pk}", "instances.control_campaign")
+        message = actions[verb](campaign, request.user, remote=remote_addr(request))
+        self.message_user(request, message, messages.INFO)
         return HttpResponseRedirect(reverse("admin:instances_campaign_change", args=[campaign.pk]))

@@ -7,8 +7,6 @@ Undo (on the jobs list) is the same change with the old values the jobs recorded
 
 from __future__ import annotations
 
-import logging
-
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -17,11 +15,12 @@ from django.template.response import TemplateResponse
 
 from elephaas import admin_security
 from instances import settings_check
+from instances.audit import remote_addr
 from instances.choices import JobKind, JobState
 from instances.jobs import queue as job_queue
+from instances.models import Instance
 from instances.settings_planning import check_name
 
-audit = logging.getLogger("elephaas.audit")
 PERMISSION = "instances.configure_instance"
 
 
@@ -47,6 +46,29 @@ def change_setting_action(modeladmin, request: HttpRequest, queryset):
     if not request.user.has_perm(PERMISSION):
         refuse(request, "change settings")
     targets = list(queryset.select_related("herd", "server").order_by("herd__name", "pk"))
+    return change_setting(modeladmin, request, [t.pk for t in targets], targets)
+
+
+@admin.action(
+    description="Change a setting on every member of selected herds", permissions=["configure"]
+)
+def change_herd_setting_action(modeladmin, request: HttpRequest, queryset):
+    """The same change on every unfenced member of each selected herd (a fenced one is out
+    of its herd until it is rebuilt, and stopped: it would refuse the whole change)."""
+    if not request.user.has_perm(PERMISSION):
+        refuse(request, "change settings")
+    selected = [h.pk for h in queryset]
+    targets = list(
+        Instance.objects.filter(herd_id__in=selected, fenced=False)
+        .select_related("herd", "server")
+        .order_by("herd__name", "pk")
+    )
+    return change_setting(modeladmin, request, selected, targets)
+
+
+def change_setting(modeladmin, request: HttpRequest, selected: list, targets: list):
+    """The page of both actions: `selected` are the rows ticked on the list (instances or
+    herds, posted back as they came), `targets` the instances the change is for."""
     form = SettingForm(request.POST if "name" in request.POST else None)
     checked, error = [], ""
     if form.is_bound and form.is_valid():
@@ -62,6 +84,7 @@ def change_setting_action(modeladmin, request: HttpRequest, queryset):
                     targets,
                     user=request.user,
                     params={"name": name, "value": value},
+                    remote=remote_addr(request),
                 )
                 restart = sum(1 for _, v, _ in checked if v.restart)
                 modeladmin.message_user(
@@ -75,6 +98,7 @@ def change_setting_action(modeladmin, request: HttpRequest, queryset):
         **modeladmin.admin_site.each_context(request),
         "title": "Change a setting",
         "targets": targets,
+        "selected": selected,
         "checked": checked,
         "all_ok": bool(checked) and all(v.ok for _, v, _ in checked),
         "error": error,
@@ -112,6 +136,7 @@ def undo_setting_action(modeladmin, request: HttpRequest, queryset) -> None:
             [job.instance],
             user=request.user,
             params={"name": job.params["name"], "value": job.params["previous"], "undo_of": job.pk},
+            remote=remote_addr(request),
         )
     modeladmin.message_user(
         request,

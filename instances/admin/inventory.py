@@ -10,27 +10,33 @@ happens inside the forms of instances/forms.py when a DBA adds a server or re-pi
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from elephaas.admin_security import AuditedActionsMixin
+from elephaas.admin_security import AuditedActionsMixin, refuse
 from herds.models import Herd
 from instances.admin import configure, display, jobs, rebuild, settings_view
 from instances.admin.action_forms import PromoteOptionsForm, StopOptionsForm
 from instances.admin.actions import confirm_and_queue
 from instances.admin.display import GREY, ORANGE, RED, badge, online_badge
 from instances.admin.forms import HostKeyRepinForm, ServerAddForm, controller_public_key
+from instances.audit import record_request, remote_addr, username_of
+from instances.choices import AuditVerb
 from instances.models import Instance, JobKind, Role, Server, correlated_count
 from instances.wal import format_bytes
 
 # Colours of Django's admin palette, so badges look at home in both themes.
 ROLE_COLOURS = {Role.PRIMARY: "#1565c0", Role.REPLICA: "#455a64", Role.UNKNOWN: GREY}
+
+ONE_DAY = timedelta(days=1)
 
 # Beyond this many herds the herd filter stops listing them all (see HerdListFilter).
 HERD_FILTER_LIMIT = 50
@@ -181,6 +187,12 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
             kwargs["form"] = ServerAddForm
         return super().get_form(request, obj, **kwargs)
 
+    def save_model(self, request: HttpRequest, obj: Server, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            # ServerAddForm pinned the key the DBA confirmed: a pin of its own in the trail.
+            record_pin(request, obj, "none")
+
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None):
         extra_context = {**(extra_context or {}), "controller_key": controller_public_key()}
         return super().add_view(request, form_url, extra_context)
@@ -206,7 +218,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def pin_host_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Fetch the server's current host key, show old and new, pin it once confirmed."""
         if not has_instances_perm(request, "pin_host_key"):
-            raise PermissionDenied
+            refuse(request, "pin host keys", "instances.pin_host_key")
         server = get_object_or_404(Server, pk=object_id)
         change_url = reverse("admin:instances_server_change", args=[server.pk])
         if request.method == "POST":
@@ -216,6 +228,7 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
                 form.save()
                 message = f"Re-pinned host key: {old} → {server.host_key_fingerprint}"
                 self.log_change(request, server, message)
+                record_pin(request, server, old)
                 self.message_user(request, f"{server}: {message}.", messages.SUCCESS)
                 return HttpResponseRedirect(change_url)
         else:
@@ -230,6 +243,18 @@ class ServerAdmin(AuditedActionsMixin, admin.ModelAdmin):
             "media": self.media + form.media,
         }
         return TemplateResponse(request, "admin/instances/server/pin_host_key.html", context)
+
+
+def record_pin(request: HttpRequest, server: Server, old: str) -> None:
+    new = server.host_key_fingerprint
+    record_request(
+        request,
+        AuditVerb.HOST_KEY_PINNED,
+        f"{username_of(request.user)!r} from {remote_addr(request)} pinned the "
+        f"{server.host_key_type} host key of {server.hostname}: {old} → {new}",
+        obj=server,
+        changes={"host_key_fingerprint": [None if old == "none" else old, new]},
+    )
 
 
 # Observed state belongs to health polling and jobs: shown, never edited.
@@ -270,19 +295,18 @@ class PendingRestartFilter(admin.EmptyFieldListFilter):
 class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
     list_display = (
         "herd",
-        "server",
-        "port",
+        "address",
         "role_badge",
         "upstream_address",
         "online_badge",
         "replication",
-        "pg_version",
+        "pg",
         "lag",
         "flags",
-        "last_checked",
+        "checked",
         "changed",
     )
-    list_display_links = ("herd", "server")
+    list_display_links = ("herd", "address")
     list_filter = (
         "herd__environment",
         ("herd", HerdListFilter),
@@ -348,6 +372,33 @@ class InstanceAdmin(AuditedActionsMixin, admin.ModelAdmin):
         # It must name everything the list needs: ChangeList ignores list_select_related
         # once get_queryset() has called select_related().
         return super().get_queryset(request).select_related(*self.list_select_related)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The fleet's widest list gets the whole width of a 1366-pixel laptop screen: no
+        # app sidebar here (breadcrumbs lead back), and its own narrow-screen rules
+        # (templates/admin/instances/instance/change_list.html; tests/browser/test_layout.py).
+        extra_context = {**(extra_context or {}), "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="server:port", ordering="server__hostname")
+    def address(self, instance: Instance) -> str:
+        return instance.address
+
+    @admin.display(description="PG", ordering="pg_version")
+    def pg(self, instance: Instance) -> int:
+        return instance.pg_version
+
+    @admin.display(description="checked", ordering="last_checked")
+    def checked(self, instance: Instance) -> str:
+        """The time of the last health check (the date once it is a day old), the full
+        timestamp on hover."""
+        if instance.last_checked is None:
+            return "never"
+        when = timezone.localtime(instance.last_checked)
+        short = when.strftime("%H:%M:%S" if timezone.now() - when < ONE_DAY else "%Y-%m-%d")
+        return format_html(
+            '<span title="{}">{}</span>', when.strftime("%Y-%m-%d %H:%M:%S %Z"), short
+        )
 
     @admin.display(description="role", ordering="role")
     def role_badge(self, instance: Instance) -> str:

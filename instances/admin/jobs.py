@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -12,12 +10,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from elephaas.admin_security import AuditedActionsMixin
+from instances.audit import record_request, remote_addr, username_of
+from instances.choices import AuditVerb
 from instances.jobs import campaigns
 from instances.jobs import queue as job_queue
 from instances.jobs.registry import JobFailed
 from instances.models import Job, JobState, JobStep
-
-audit = logging.getLogger("elephaas.audit")
 
 STATE_COLOURS = {
     JobState.QUEUED: "#6c757d",
@@ -238,15 +236,16 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
     def cancel_jobs(self, request, queryset: QuerySet) -> None:
         # cancel_job covers one's own jobs only; cancel_any_job (DBAs) everyone's.
         any_job = request.user.has_perm("instances.cancel_any_job")
+        remote = remote_addr(request)
         for job in queryset:
             if not any_job and job.requested_by_id != request.user.pk:
-                audit.warning(
-                    "cancel of job #%s refused: %r from %s may cancel only their own jobs "
-                    "(it was queued by %r)",
-                    job.pk,
-                    request.user.get_username(),
-                    request.META.get("REMOTE_ADDR") or "-",
-                    job.requested_by_name,
+                record_request(
+                    request,
+                    AuditVerb.ACTION_REFUSED,
+                    f"cancel of job #{job.pk} refused: {username_of(request.user)!r} from "
+                    f"{remote} may cancel only their own jobs (it was queued by "
+                    f"{job.requested_by_name!r})",
+                    obj=job,
                 )
                 self.message_user(
                     request,
@@ -255,15 +254,15 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
                     messages.ERROR,
                 )
                 continue
-            self.message_user(request, job_queue.cancel(job, request.user))
+            self.message_user(request, job_queue.cancel(job, request.user, remote=remote))
             if job.campaign_id:
-                campaigns.advance(job.campaign_id)
+                campaigns.advance(job.campaign_id, remote=remote)
 
     @admin.action(description="Retry selected failed or cancelled jobs", permissions=["retry"])
     def retry_jobs(self, request, queryset: QuerySet) -> None:
         for job in queryset.with_related():
             try:
-                new = job_queue.retry(job, request.user)
+                new = campaigns.retry(job, request.user, remote=remote_addr(request))
             except JobFailed as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             else:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
+from instances import audit as audit_trail
 from instances.campaign_planning import Item, assign_waves, decide
-from instances.choices import CampaignState, JobOrigin, JobState
+from instances.choices import AuditVerb, CampaignKind, CampaignState, JobOrigin, JobState
 from instances.jobs import queue
 from instances.jobs.registry import JobFailed
 from instances.models import Campaign, Job
@@ -50,8 +51,10 @@ def create(
     params: dict | None = None,
     reverse_of: Campaign | None = None,
     origin: str = JobOrigin.ADMIN,
+    remote: str = "-",
 ) -> Campaign:
-    """The campaign and all its jobs, held; its first wave is released once committed."""
+    """The campaign and all its jobs, held; its first wave is released once committed.
+    It and each of its jobs are audit events from `remote`."""
     if not entries:
         raise JobFailed("a campaign needs at least one job")
     if concurrency < 1:
@@ -79,30 +82,73 @@ def create(
                 origin=origin,
                 campaign=campaign,
                 wave=wave,
+                remote=remote,
             )
-        audit.info(
-            "campaign #%s %s (%s) of %d job(s) in %d wave(s), concurrency %d, created by %s",
-            campaign.pk,
-            kind,
-            title,
-            len(entries),
-            max(waves),
-            concurrency,
-            name,
+        site = kind in CampaignKind.site_drills()
+        audit_trail.record(
+            AuditVerb.SITE_DRILL_QUEUED if site else AuditVerb.CAMPAIGN_QUEUED,
+            f"campaign #{campaign.pk} {kind} ({title}) of {len(entries)} job(s) in "
+            f"{max(waves)} wave(s), concurrency {concurrency}, created by {name}",
+            username=name,
+            remote=remote,
+            obj=campaign,
         )
-        transaction.on_commit(lambda: advance(campaign.pk))
+        transaction.on_commit(lambda: advance(campaign.pk, remote=remote))
     return campaign
 
 
 def _items(campaign: Campaign) -> list[Item]:
+    """The campaign's jobs as `decide` sees them; a job retried within the campaign is
+    replaced by its retry (the failure it was no longer halts or fails the campaign)."""
+    rows = list(campaign.jobs.values_list("pk", "wave", "state", "held", "retry_of_id"))
+    retried = {retry_of for *_, retry_of in rows if retry_of}
     return [
         Item(pk, wave or 1, state, held)
-        for pk, wave, state, held in campaign.jobs.values_list("pk", "wave", "state", "held")
+        for pk, wave, state, held, _retry_of in rows
+        if pk not in retried
     ]
 
 
-def advance(campaign_id: int) -> list[int]:
-    """Decide and apply what the campaign does next; returns the job ids released."""
+def retry(job: Job, user, *, remote: str = "-") -> Job:
+    """Queue a failed, errored or cancelled job again. A campaign's job is retried within
+    its campaign, in its wave: the retry replaces the failure, so a halted campaign runs
+    on (and halts again if the retry fails), and one that ended with failures reopens and
+    can end succeeded. A paused campaign's retry waits, held, for the resume; an
+    abandoned campaign's is a job of its own."""
+    if not job.campaign_id:
+        return queue.retry(job, user, remote=remote)
+    target = queue.retryable_target(job)
+    if Job.objects.filter(retry_of=job).exists():
+        raise JobFailed(f"job #{job.pk} was already retried: retry its retry instead")
+    name = _name(user)
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=job.campaign_id)
+        if campaign.state == CampaignState.ABANDONED:
+            return queue.retry(job, user, remote=remote)
+        [new] = queue.create_jobs(
+            job.kind,
+            [target],
+            user=user,
+            params=job.params,
+            origin=job.origin,
+            campaign=campaign,
+            wave=job.wave,
+            remote=remote,
+            retry_of=job,
+        )
+        if campaign.state != CampaignState.PAUSED:
+            campaign.state = CampaignState.RUNNING
+            campaign.finished_at = None
+        campaign.state_note = f"job #{job.pk} retried as #{new.pk} by {name}"
+        campaign.save(update_fields=["state", "state_note", "finished_at"])
+        transaction.on_commit(lambda: advance(campaign.pk, remote=remote))
+    new.refresh_from_db()
+    return new
+
+
+def advance(campaign_id: int, *, remote: str = audit_trail.WORKER) -> list[int]:
+    """Decide and apply what the campaign does next; returns the job ids released. Its
+    end is an audit event, "from" whoever's request or worker ended it (`remote`)."""
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
         if campaign is None or (campaign.is_terminal and campaign.finished_at):
@@ -138,12 +184,26 @@ def advance(campaign_id: int) -> list[int]:
             campaign.state_note = decision.note[:500]
             if decision.finished and not campaign.finished_at:
                 campaign.finished_at = timezone.now()
+                _record_end(campaign, remote)
             campaign.save(update_fields=["state", "state_note", "finished_at"])
     if released:
         log.info(
             "campaign #%s released job(s) %s", campaign_id, ", ".join(f"#{j.pk}" for j in released)
         )
     return [j.pk for j in released]
+
+
+def _record_end(campaign: Campaign, remote: str) -> None:
+    # In the transaction that ends it: the row commits with the campaign's end.
+    site = campaign.kind in CampaignKind.site_drills()
+    audit_trail.record(
+        AuditVerb.SITE_DRILL_ENDED if site else AuditVerb.CAMPAIGN_ENDED,
+        f"campaign #{campaign.pk} {campaign.kind} ({campaign.title}) ended "
+        f"{campaign.state}: {campaign.state_note}",
+        username=campaign.requested_by_name,
+        remote=remote,
+        obj=campaign,
+    )
 
 
 def advance_unfinished() -> int:
@@ -157,21 +217,32 @@ def _name(user) -> str:
     return user.get_username() if user is not None else "system"
 
 
-def pause(campaign: Campaign, user) -> str:
+def _record(verb: AuditVerb, campaign: Campaign, message: str, user, remote: str) -> None:
+    audit_trail.record(verb, message, username=_name(user), remote=remote, obj=campaign)
+
+
+def pause(campaign: Campaign, user, *, remote: str = "-") -> str:
     with transaction.atomic():
         done = Campaign.objects.filter(pk=campaign.pk, state=CampaignState.RUNNING).update(
             state=CampaignState.PAUSED, state_note=f"paused by {_name(user)}"
         )
+        if done:
+            _record(
+                AuditVerb.CAMPAIGN_PAUSED,
+                campaign,
+                f"campaign #{campaign.pk} paused by {_name(user)}",
+                user,
+                remote,
+            )
     if not done:
         return f"Campaign #{campaign.pk} is not running: nothing paused."
-    audit.info("campaign #%s paused by %s", campaign.pk, _name(user))
     return (
         f"Campaign #{campaign.pk} paused: the jobs running now finish, no other starts "
         "until it is resumed."
     )
 
 
-def resume(campaign: Campaign, user) -> str:
+def resume(campaign: Campaign, user, *, remote: str = "-") -> str:
     """A paused or halted campaign runs on; a halted one's failures are accepted (they
     stay failed: retry their jobs on their own if needed)."""
     with transaction.atomic():
@@ -189,12 +260,18 @@ def resume(campaign: Campaign, user) -> str:
             f", past failed job(s) {', '.join(f'#{pk}' for pk in failed)}" if failed else ""
         )
         locked.save(update_fields=["params", "state", "state_note"])
-        audit.info("campaign #%s resumed by %s", campaign.pk, _name(user))
-        transaction.on_commit(lambda: advance(campaign.pk))
+        _record(
+            AuditVerb.CAMPAIGN_RESUMED,
+            campaign,
+            f"campaign #{campaign.pk} resumed by {_name(user)}",
+            user,
+            remote,
+        )
+        transaction.on_commit(lambda: advance(campaign.pk, remote=remote))
     return f"Campaign #{campaign.pk} resumed."
 
 
-def abandon(campaign: Campaign, user) -> str:
+def abandon(campaign: Campaign, user, *, remote: str = "-") -> str:
     """Cancel what is still held; what runs now finishes."""
     name = _name(user)
     with transaction.atomic():
@@ -212,10 +289,14 @@ def abandon(campaign: Campaign, user) -> str:
         locked.state = CampaignState.ABANDONED
         locked.state_note = f"abandoned by {name}: {cancelled} held job(s) cancelled"
         locked.save(update_fields=["state", "state_note"])
-        audit.info(
-            "campaign #%s abandoned by %s (%d held job(s) cancelled)", locked.pk, name, cancelled
+        _record(
+            AuditVerb.CAMPAIGN_ABANDONED,
+            locked,
+            f"campaign #{locked.pk} abandoned by {name} ({cancelled} held job(s) cancelled)",
+            user,
+            remote,
         )
-        transaction.on_commit(lambda: advance(campaign.pk))
+        transaction.on_commit(lambda: advance(campaign.pk, remote=remote))
     return (
         f"Campaign #{campaign.pk} abandoned: {cancelled} job(s) that had not started were "
         "cancelled; any job running now finishes."

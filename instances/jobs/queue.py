@@ -18,10 +18,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from instances import audit
+from instances.choices import AuditVerb, JobKind
 from instances.jobs.registry import JobFailed
 from instances.models import Instance, Job, JobOrigin, JobState, Server
 
-audit = logging.getLogger("elephaas.audit")
 log = logging.getLogger("elephaas.jobs")
 
 # The task the worker runs for every job (instances.tasks.run_job), named rather than
@@ -51,6 +52,8 @@ def create_jobs(
     queue: bool = True,
     campaign=None,
     wave: int | None = None,
+    remote: str = "",
+    retry_of: Job | None = None,
 ) -> list[Job]:
     """One queued job per target, sharing a batch id; handed to the broker when the
     transaction commits (`queue=False`: the caller runs them itself with run_inline).
@@ -58,9 +61,14 @@ def create_jobs(
     confirmation page). After the commit each job's `sent` says whether the broker took
     it; one it did not take stays queued, with a note, for the outbox sweep. A campaign's
     jobs (`campaign`, `wave`) are created held and not sent: the campaign releases them
-    (instances.jobs.campaigns)."""
-    batch = uuid.uuid4()
+    (instances.jobs.campaigns).
+
+    Each job is an audit event (a drill's is "drill queued") from `remote`: the request's
+    address, or where no request asked, "worker" for the schedule and "cli" for a
+    management command. A retry (`retry_of`) joins the batch of the job it retries."""
+    batch = retry_of.batch if retry_of is not None else uuid.uuid4()
     name = user.get_username() if user is not None else f"({JobOrigin(origin).label})"
+    remote = remote or _default_remote(origin)
     jobs = []
     with transaction.atomic():
         for target in targets:
@@ -75,13 +83,33 @@ def create_jobs(
                 campaign=campaign,
                 wave=wave,
                 held=campaign is not None,
+                retry_of=retry_of,
                 **_target_fields(target),
             )
             jobs.append(job)
-            audit.info("queued job #%s %s on %s for %s", job.pk, kind, job.target_label, name)
+            _record_queued(job, name, remote)
         if queue and jobs and campaign is None:
             transaction.on_commit(lambda: publish(jobs))
     return jobs
+
+
+def _default_remote(origin: str) -> str:
+    return {JobOrigin.CLI: audit.CLI, JobOrigin.SCHEDULE: audit.WORKER}.get(origin, "-")
+
+
+def _record_queued(job: Job, name: str, remote: str) -> None:
+    if job.retry_of_id is not None:
+        message = f"retried job #{job.retry_of_id} as #{job.pk} {job.kind} on {job.target_label}"
+    else:
+        message = f"queued job #{job.pk} {job.kind} on {job.target_label}"
+    if job.campaign_id is not None:
+        message += f" in campaign #{job.campaign_id}"
+    if job.kind in JobKind.drills():
+        # A switchover or failover is a drill: its own verb, whether new or retried.
+        verb = AuditVerb.DRILL_QUEUED
+    else:
+        verb = AuditVerb.JOB_RETRIED if job.retry_of_id is not None else AuditVerb.JOB_QUEUED
+    audit.record(verb, f"{message} for {name}", username=name, remote=remote, obj=job)
 
 
 def enqueue(job: Job) -> None:
@@ -162,8 +190,9 @@ def send_waiting() -> int:
     return sent
 
 
-def cancel(job: Job, user) -> str:
-    """Cancel a queued job outright; ask a running one to stop at its next check."""
+def cancel(job: Job, user, *, remote: str = "-") -> str:
+    """Cancel a queued job outright; ask a running one to stop at its next check. Either
+    is an audit event from `remote`."""
     name = user.get_username() if user else "system"
     done = Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
         state=JobState.CANCELLED,
@@ -173,18 +202,31 @@ def cancel(job: Job, user) -> str:
         error=f"cancelled by {name} before it started",
     )
     if done:
-        audit.info("job #%s cancelled by %s before it started", job.pk, name)
+        audit.record(
+            AuditVerb.JOB_CANCELLED,
+            f"job #{job.pk} cancelled by {name} before it started",
+            username=name,
+            remote=remote,
+            obj=job,
+        )
         return f"Job #{job.pk} cancelled before it started."
     done = Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
         cancel_requested=True, cancel_requested_by=name
     )
     if done:
-        audit.info("cancel of running job #%s requested by %s", job.pk, name)
+        audit.record(
+            AuditVerb.JOB_CANCELLED,
+            f"cancel of running job #{job.pk} requested by {name}",
+            username=name,
+            remote=remote,
+            obj=job,
+        )
         return f"Job #{job.pk} is running: it stops at its next step (its command is interrupted)."
     return f"Job #{job.pk} has already ended ({Job.objects.get(pk=job.pk).state})."
 
 
-def retry(job: Job, user) -> Job:
+def retryable_target(job: Job):
+    """The target a retry of `job` would run on; JobFailed saying why it cannot be retried."""
     if job.state not in JobState.retryable():
         raise JobFailed(
             f"job #{job.pk} is {job.state}: only failed, errored or cancelled jobs are retried"
@@ -192,8 +234,19 @@ def retry(job: Job, user) -> Job:
     target = job.target
     if target is None:
         raise JobFailed(f"job #{job.pk}'s target no longer exists")
-    with transaction.atomic():
-        [new] = create_jobs(job.kind, [target], user=user, params=job.params, origin=job.origin)
-        Job.objects.filter(pk=new.pk).update(retry_of=job, batch=job.batch)
-    new.refresh_from_db()
+    return target
+
+
+def retry(job: Job, user, *, remote: str = "-") -> Job:
+    """A new job doing the same to the same target, in the same batch; an audit event."""
+    target = retryable_target(job)
+    [new] = create_jobs(
+        job.kind,
+        [target],
+        user=user,
+        params=job.params,
+        origin=job.origin,
+        remote=remote,
+        retry_of=job,
+    )
     return new

@@ -30,7 +30,9 @@ from django.db import (
 from django.db.models import F
 from django.utils import timezone
 
+from instances import audit as audit_trail
 from instances import commands, ssh
+from instances.choices import AuditVerb, JobKind
 from instances.commands import quote_argv
 from instances.jobs import campaigns
 from instances.jobs.registry import JobCancelled, JobFailed, registered
@@ -93,7 +95,9 @@ def reap_lost_jobs(*, this_host_only: bool = False) -> int:
     now = timezone.now()
     host = socket.gethostname()
     reaped = 0
-    running = Job.objects.filter(state=JobState.RUNNING).only("pk", "worker", "heartbeat_at")
+    running = Job.objects.filter(state=JobState.RUNNING).only(
+        "pk", "worker", "heartbeat_at", "kind", "target_label", "requested_by_name"
+    )
     for job in running:
         worker_host, _, pid = job.worker.partition(":")
         dead = worker_host == host and pid.isdigit() and not _pid_alive(int(pid))
@@ -119,9 +123,29 @@ def reap_lost_jobs(*, this_host_only: bool = False) -> int:
         ):
             reaped += 1
             log.warning("job #%s: %s", job.pk, error)
+            record_end(job, JobState.FAILED, error)
             end_leftovers(job.pk)
             advance_campaign_of(job.pk)
     return reaped
+
+
+def record_end(job: Job, state: str, outcome: str) -> None:
+    """A job's end on the `elephaas.audit` log; a drill's (switchover, failover) is an
+    audit event too, "from" the worker, naming who asked for it."""
+    line = (
+        f"job #{job.pk} {job.kind} {state} on {job.target_label} for "
+        f"{job.requested_by_name}: {outcome}"
+    )
+    if job.kind not in JobKind.drills():
+        audit.info("%s", line)
+        return
+    audit_trail.record(
+        AuditVerb.DRILL_ENDED,
+        line,
+        username=job.requested_by_name,
+        remote=audit_trail.WORKER,
+        obj=job,
+    )
 
 
 def advance_campaign_of(job_id: int) -> None:
@@ -660,17 +684,9 @@ def execute(job_id: int, task_id: str = "") -> str:
         ),
         "ending the job",
     )
+    # Before the campaign advances: a site drill's end follows its last drill's.
+    record_end(job, state, error or (summary.splitlines()[0] if summary else ""))
     advance_campaign_of(job_id)
-    outcome = error or (summary.splitlines()[0] if summary else "")
-    audit.info(
-        "job #%s %s %s on %s for %s: %s",
-        job_id,
-        job.kind,
-        state,
-        job.target_label,
-        job.requested_by_name,
-        outcome,
-    )
     return state
 
 

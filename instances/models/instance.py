@@ -112,6 +112,11 @@ class Instance(models.Model):
         validators=[validate_lsn],
         help_text="Replica: last WAL location replayed.",
     )
+    timeline = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The timeline it writes on (primary) or receives (replica), as last seen.",
+    )
     upstream_streaming = models.BooleanField(
         null=True,
         blank=True,

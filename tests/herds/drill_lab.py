@@ -22,7 +22,9 @@ from lab import herd as lab_herd
 from tests.factories import make_environment
 from tests.helpers import add_lab_server, wait_for_job
 
-PORT = 5520
+# Two test runs on one lab at once (see README, Development) need their own drill herd.
+NAME = os.environ.get("ELEPHAAS_TEST_DRILL", "drill")
+PORT = int(os.environ.get("ELEPHAAS_TEST_DRILL_PORT", "5520"))
 
 
 def connect(host: str, lab, port: int = PORT):
@@ -39,18 +41,18 @@ def connect(host: str, lab, port: int = PORT):
 @pytest.fixture
 def drill(lab, lab_servers):
     """Herd `drill`: primary srv1, replicas srv2 and srv3, with a vhost; in the inventory."""
-    lab_herd.create("drill", primary=1, replicas=[2, 3], port=PORT)
+    lab_herd.create(NAME, primary=1, replicas=[2, 3], port=PORT)
     env = make_environment("prod")
     servers = [add_lab_server(s, env) for s in lab_servers[:3]]
     runner.run_inline(queue.create_jobs(JobKind.DISCOVER, servers, queue=False))
-    herd = Herd.objects.get(name="drill")
+    herd = Herd.objects.get(name=NAME)
     herd.vhost = f"drill-{secrets.token_hex(3)}"
     herd.save()
     yield herd
     # A test may have crashed srv1: bring it back as after a reboot.
     fleet.ensure_server(1)
     fleet.boot_clusters(1)
-    lab_herd.drop("drill")
+    lab_herd.drop(NAME)
 
 
 def instances(herd):
@@ -89,11 +91,11 @@ class Writer(threading.Thread):
 
 
 def stop(number: int, mode: str = "fast") -> None:
-    fleet.server_ns(number).run(["pg_ctlcluster", "--mode", mode, "15", "drill", "stop"])
+    fleet.server_ns(number).run(["pg_ctlcluster", "--mode", mode, "15", NAME, "stop"])
 
 
 def start(number: int) -> None:
-    fleet.server_ns(number).run(["pg_ctlcluster", "15", "drill", "start"])
+    fleet.server_ns(number).run(["pg_ctlcluster", "15", NAME, "start"])
 
 
 def write(lab, rows: int, payload: int = 100) -> str:
@@ -134,7 +136,7 @@ def stall_senders(lab) -> list[int]:
 def kill9(number: int) -> None:
     """kill -9 the drill cluster's postmaster and every process it started, at once (a
     crash: no shutdown checkpoint, nothing more sent)."""
-    pidfile = fleet.server_ns(number).folder / "lib" / "15" / "drill" / "postmaster.pid"
+    pidfile = fleet.server_ns(number).folder / "lib" / "15" / NAME / "postmaster.pid"
     postmaster = int(pidfile.read_text().split()[0])
     children = subprocess.run(
         ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False

@@ -45,16 +45,16 @@ def herd():
 @pytest.mark.lab
 @pytest.mark.django_db(transaction=True)
 def test_it_plans_a_switchover_from_live_facts_then_queues_one_job_per_herd(admin_client, drill):
-    from tests.herds.drill_lab import PORT, instances
+    from tests.herds.drill_lab import NAME, PORT, instances
 
     primary = instances(drill)["127.0.1.1"]
     page = admin_client.post(URL, {"action": "switchover_herds", "_selected_action": [drill.pk]})
     assert page.status_code == 200
     text = page.content.decode()
-    assert "switch drill over to drill on 127.0.1." in text and "0 bytes behind" in text
+    assert f"switch {NAME} over to {NAME} on 127.0.1." in text and "0 bytes behind" in text
     for n in (1, 2, 3):
         assert (
-            f'<li>drill on 127.0.1.{n}:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
+            f'<li>{NAME} on 127.0.1.{n}:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
         )
     assert f"<code>{drill.vhost}</code> from <code>127.0.1.1</code> to <code>127.0.1." in text
     # The DBA picks the target among the fit replicas; the plan's pick is the default.
@@ -85,12 +85,12 @@ def test_it_plans_a_switchover_from_live_facts_then_queues_one_job_per_herd(admi
 def test_a_failover_page_says_which_facts_are_live_and_which_were_last_seen(admin_client, drill):
     import time
 
-    from tests.herds.drill_lab import PORT, stop
+    from tests.herds.drill_lab import NAME, PORT, stop
 
     page = admin_client.post(URL, {"action": "failover_herds", "_selected_action": [drill.pk]})
     text = page.content.decode()
     # The primary answers now: refused, from a live fact.
-    assert f"refused: the primary drill on 127.0.1.1:{PORT} is up and answering" in text
+    assert f"refused: the primary {NAME} on 127.0.1.1:{PORT} is up and answering" in text
     assert "Accept data loss" in text and "Skip the WAL salvage" in text
     # Its PostgreSQL goes down; the inventory still says it was up at the last check.
     stop(1, "immediate")
@@ -100,9 +100,9 @@ def test_a_failover_page_says_which_facts_are_live_and_which_were_last_seen(admi
     text = page.content.decode()
     assert page.status_code == 200 and elapsed < 5, elapsed
     assert "is up and answering" not in text
-    assert f'<li>drill on 127.0.1.1:{PORT}: <strong style="color:#ba2121">no answer now (' in text
+    assert f'<li>{NAME} on 127.0.1.1:{PORT}: <strong style="color:#ba2121">no answer now (' in text
     assert "last seen answering " in text and " s ago</strong>" in text
-    assert f'<li>drill on 127.0.1.2:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
+    assert f'<li>{NAME} on 127.0.1.2:{PORT}: <strong style="color:#2e7d32">live</strong>' in text
     # A lower bound only, so refused without the tick; the page says what the job reads.
     assert "(primary last seen at " in text and "the true loss is unknown" in text
     assert "It first reads the old primary's end of WAL over SSH" in text

@@ -17,6 +17,7 @@ from lab import fleet
 from tests.fence_hook import LOG as FENCE_LOG
 from tests.helpers import wait_for_job
 from tests.herds.drill_lab import (
+    NAME,
     PORT,
     Writer,
     caught_up,
@@ -67,13 +68,13 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     job = run(JobKind.FAILOVER, drill, accept_data_loss=True)
     assert job.state == JobState.SUCCEEDED, job.error
     record = Drill.objects.get(job=job)
-    assert record.new_primary == f"drill on 127.0.1.2:{PORT}"
+    assert record.new_primary == f"{NAME} on 127.0.1.2:{PORT}"
     assert (record.data_lost_bytes, record.data_lost_exact) == (0, False)
     assert "at least 0 bytes lost, the true loss is unknown" in job.summary
     assert "0 bytes lost)" not in job.summary
     assert "could not be reached to stop it" in job.summary
     # The environment's fencing command ran on the controller, and said it worked.
-    assert FENCE_LOG.read_text() == "127.0.1.1 drill\n"
+    assert FENCE_LOG.read_text() == f"127.0.1.1 {NAME}\n"
     assert "fencing command succeeded (powered off 127.0.1.1)" in record.fence_outcome
     assert probe.probe("127.0.1.2", PORT).in_recovery is False
     assert probe.wal_receiver("127.0.1.3", PORT)[:2] == ("streaming", "127.0.1.2")
@@ -93,12 +94,12 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     assert fence.requested_by_name == "(schedule)"
     fence = wait_for_job(fence, timeout=60)
     assert fence.state == JobState.SUCCEEDED, fence.error
-    assert fence.summary.startswith(f"SPLIT BRAIN: drill on 127.0.1.1:{PORT} was accepting writes")
+    assert fence.summary.startswith(f"SPLIT BRAIN: {NAME} on 127.0.1.1:{PORT} was accepting writes")
     record.refresh_from_db()
     assert record.split_brain_from is not None and record.split_brain_until is not None
     assert record.split_brain_from < record.split_brain_until <= fence.finished_at
     ns = fleet.server_ns(1)
-    assert not fleet.cluster_running(ns, "15", "drill")
+    assert not fleet.cluster_running(ns, "15", NAME)
     assert (ns.folder / "etc/15/drill/start.conf").read_text() == "manual\n"
     assert (ns.folder / "lib/15/drill.elephaas-fenced").exists()
     old.refresh_from_db()
@@ -115,7 +116,7 @@ def test_it_fails_over_when_the_primary_server_dies_and_finishes_the_fence_when_
     refused_start = wait_for_job(refused_start, timeout=60)
     assert refused_start.state == JobState.FAILED
     assert "is fenced on its server (fenced: job " in refused_start.error
-    assert not fleet.cluster_running(ns, "15", "drill")
+    assert not fleet.cluster_running(ns, "15", NAME)
 
 
 def test_it_salvages_the_wal_a_crashed_primary_never_sent_and_loses_no_commit(
@@ -172,7 +173,7 @@ def test_a_failed_salvage_falls_back_to_the_exact_loss_rules(celery_worker, lab,
         for path in known_hosts:
             path.with_suffix(".aside").rename(path)
     assert refused.state == JobState.FAILED
-    assert "the WAL salvage from drill on 127.0.1.1" in refused.error
+    assert f"the WAL salvage from {NAME} on 127.0.1.1" in refused.error
     assert "copying the WAL from" in refused.error and "rsync exit" in refused.error
     assert "that loses more than the 1.0 MB allowed" in refused.error
     assert "tick 'accept data loss'" in refused.error

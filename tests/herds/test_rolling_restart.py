@@ -16,7 +16,7 @@ from instances import health, probe
 from instances.choices import CampaignKind, CampaignState
 from instances.models import Campaign, Instance, Job, JobKind, JobState, Role
 from lab import fleet
-from tests.herds.drill_lab import PORT, instances
+from tests.herds.drill_lab import NAME, PORT, instances
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
@@ -185,12 +185,12 @@ def test_a_rolling_restart_refuses_a_herd_with_a_silent_replica(celery_worker, l
     from instances.jobs import queue
     from tests.helpers import wait_for_job
 
-    fleet.server_ns(3).run(["pg_ctlcluster", "15", "drill", "stop"])
+    fleet.server_ns(3).run(["pg_ctlcluster", "15", NAME, "stop"])
     try:
         [job] = queue.create_jobs(JobKind.ROLLING_RESTART, [drill], params={"mode": "in_place"})
         job = wait_for_job(job, timeout=60)
     finally:
-        fleet.server_ns(3).run(["pg_ctlcluster", "15", "drill", "start"])
+        fleet.server_ns(3).run(["pg_ctlcluster", "15", NAME, "start"])
     assert job.state == JobState.FAILED
     assert "not answering: nothing restarted" in job.error
     assert not job.steps.filter(name__startswith="restart ").exists()

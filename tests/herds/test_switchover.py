@@ -13,6 +13,7 @@ from instances.jobs import queue
 from instances.models import JobKind, JobState
 from tests.helpers import wait_for_job
 from tests.herds.drill_lab import (
+    NAME,
     PORT,
     Writer,
     connect,
@@ -63,7 +64,7 @@ def test_it_switches_over_losing_no_commit_then_fails_back(celery_worker, lab, d
     assert after["127.0.1.1"].upstream == after[new_host]
     other = ({"127.0.1.2", "127.0.1.3"} - {new_host}).pop()
     assert probe.wal_receiver(other, PORT)[:2] == ("streaming", new_host)
-    assert job.summary.startswith(f"drill switched over to drill on {new_host}:{PORT}")
+    assert job.summary.startswith(f"{NAME} switched over to {NAME} on {new_host}:{PORT}")
 
     # Failback: a planned switchover back to the original primary restores the layout.
     back = run(
@@ -112,8 +113,8 @@ def test_it_restarts_the_old_primary_when_a_switchover_is_cancelled_before_promo
     job = wait_for_job(job, timeout=120)
     assert job.state == JobState.FAILED
     assert job.error == (
-        "switchover of drill aborted before promotion (cancelled by a user); the old primary "
-        f"drill on 127.0.1.1:{PORT} was restarted, nothing promoted"
+        f"switchover of {NAME} aborted before promotion (cancelled by a user); the old primary "
+        f"{NAME} on 127.0.1.1:{PORT} was restarted, nothing promoted"
     )
     assert probe.probe("127.0.1.1", PORT).in_recovery is False
     for host in ("127.0.1.2", "127.0.1.3"):
@@ -136,7 +137,7 @@ def test_it_promotes_exactly_the_confirmed_target_or_refuses_without_substitutin
     finally:
         start(3)
     assert refused.state == JobState.FAILED
-    assert f"refused: drill on 127.0.1.3:{PORT} no longer answers: nothing done" in refused.error
+    assert f"refused: {NAME} on 127.0.1.3:{PORT} no longer answers: nothing done" in refused.error
     assert probe.probe("127.0.1.1", PORT).in_recovery is False  # nothing was changed
     assert probe.probe("127.0.1.2", PORT).in_recovery is True  # no substitute promoted
     assert not Drill.objects.filter(job=refused).exists()
@@ -150,7 +151,7 @@ def test_it_promotes_exactly_the_confirmed_target_or_refuses_without_substitutin
     assert job.state == JobState.SUCCEEDED, job.error
     assert probe.probe("127.0.1.3", PORT).in_recovery is False
     record = Drill.objects.get(job=job)
-    assert record.new_primary == f"drill on 127.0.1.3:{PORT}"
+    assert record.new_primary == f"{NAME} on 127.0.1.3:{PORT}"
     assert "the target the DBA confirmed" in record.plan
 
 
@@ -177,9 +178,9 @@ def test_a_replica_down_during_the_switchover_is_in_the_plan_and_the_result(
         start(3)
     assert job.state == JobState.SUCCEEDED, job.error
     plan = job.steps.get(name="plan").output
-    assert "127.0.1.3:5520 not answering: will need a remaster once it is back" in plan
-    assert job.steps.filter(name__contains="127.0.1.3:5520 not answering").count() == 1
-    assert "not repointed (remaster once back): drill on 127.0.1.3:5520" in job.summary
+    assert f"127.0.1.3:{PORT} not answering: will need a remaster once it is back" in plan
+    assert job.steps.filter(name__contains=f"127.0.1.3:{PORT} not answering").count() == 1
+    assert f"not repointed (remaster once back): {NAME} on 127.0.1.3:{PORT}" in job.summary
     # It still follows the old primary: nobody pretended otherwise, and it is flagged.
     left = instances(drill)["127.0.1.3"]
     assert left.upstream_id == before["127.0.1.1"].pk and left.needs_remaster
@@ -201,7 +202,7 @@ def test_a_replica_down_during_the_switchover_is_in_the_plan_and_the_result(
     job = wait_for_job(Job.objects.get(kind=JobKind.REMASTER, instance=left), timeout=60)
     assert job.state == JobState.SUCCEEDED, job.error
     assert (
-        "the herd's recorded primary, drill on 127.0.1.2:5520"
+        f"the herd's recorded primary, {NAME} on 127.0.1.2:{PORT}"
         in job.steps.get(name="new upstream").output
     )
     fixed = instances(drill)["127.0.1.3"]

@@ -138,3 +138,45 @@ def test_the_sweep_releases_what_a_lost_advance_left(celery_worker, drill):
     assert released == 2
     campaign = wait_campaign(campaign, {CampaignState.SUCCEEDED})
     assert all(j.state == JobState.SUCCEEDED for j in jobs_of(campaign))
+
+
+def test_a_retried_failure_stays_in_its_campaign_which_runs_on_to_success(
+    celery_worker, drill, admin_client
+):
+    stop(2)
+    try:
+        campaign = campaigns.create(
+            CampaignKind.JOBS,
+            "reload, srv2 first",
+            reloads(drill, ("127.0.1.2", "127.0.1.1", "127.0.1.3")),
+            concurrency=2,
+            canary=True,
+        )
+        campaign = wait_campaign(campaign, {CampaignState.HALTED})
+        canary, *rest = jobs_of(campaign)
+        assert canary.state == JobState.FAILED
+    finally:
+        start(2)
+    # The DBA fixes the cause and retries the failed job from the jobs list.
+    response = admin_client.post(
+        "/admin/instances/job/",
+        {"action": "retry_jobs", "_selected_action": [canary.pk], "index": "0"},
+        follow=True,
+    )
+    assert "queued again as" in response.content.decode()
+    retry = Job.objects.get(retry_of=canary)
+    assert (retry.campaign_id, retry.wave) == (campaign.pk, canary.wave)
+    campaign = wait_campaign(campaign, {CampaignState.SUCCEEDED, CampaignState.FAILED})
+    assert campaign.state == CampaignState.SUCCEEDED, campaign.state_note
+    assert all(Job.objects.get(pk=j.pk).state == JobState.SUCCEEDED for j in [retry, *rest])
+    # the rest started only after the retried canary succeeded
+    retry.refresh_from_db()
+    assert all(Job.objects.get(pk=j.pk).started_at >= retry.finished_at for j in rest)
+
+    page = admin_client.get(f"/admin/instances/campaign/{campaign.pk}/change/").content.decode()
+    assert f"retried as #{retry.pk}" in page and "3 of 3 jobs ended" in page
+    listing = admin_client.get("/admin/instances/campaign/").content.decode()
+    assert "3/3 succeeded" in listing
+    # The failure was replaced once: retrying it again is refused.
+    with pytest.raises(campaigns.JobFailed, match="already retried"):
+        campaigns.retry(Job.objects.get(pk=canary.pk), None)

@@ -12,9 +12,10 @@ from instances.admin.display import (
     herd_health_summary,
     replication_badge,
 )
-from instances.choices import ReplicationHealth, Role
+from instances.choices import HerdHealth, ReplicationHealth, Role
 from instances.health_rules import (
     Unreachable,
+    herd_health,
     is_lagging,
     lag_bytes,
     observe,
@@ -339,3 +340,36 @@ def test_it_summarises_a_herd_from_its_annotated_counts():
     summary = herd_health_summary(herd(offline=1, broken=1, lagging=1))
     assert ">1 offline<" in summary and ">1 not streaming<" in summary
     assert ">1 lagging<" in summary and "#e65100" in summary
+
+
+# --- timeline and herd health ---------------------------------------------------------------
+
+
+def test_it_records_the_timeline_it_answered_and_keeps_it_when_unreachable():
+    fields = observe(recorded(), result(True, "0/3000000", timeline=3), result(False, "0/3"), NOW)
+    assert fields["timeline"] == 3
+    fields = observe(recorded(), Unreachable("db2:5432: refused"), None, NOW)
+    assert "timeline" not in fields
+
+
+@pytest.mark.parametrize(
+    ("counts", "state"),
+    [
+        ({"total": 0}, HerdHealth.EMPTY),
+        ({"online_primaries": 2}, HerdHealth.SPLIT_BRAIN),
+        # Worse than anything else wrong with it.
+        ({"online_primaries": 2, "offline": 1, "unknown": 1}, HerdHealth.SPLIT_BRAIN),
+        ({"online_primaries": 0, "offline": 1}, HerdHealth.NO_PRIMARY),
+        # Nothing checked yet: not known, rather than down.
+        ({"online_primaries": 0, "unknown": 3}, HerdHealth.UNKNOWN),
+        ({"offline": 1, "lagging": 1}, HerdHealth.DEGRADED),
+        ({"broken": 1}, HerdHealth.DEGRADED),
+        ({"lagging": 1, "unknown": 1}, HerdHealth.LAGGING),
+        ({"unknown": 1}, HerdHealth.UNKNOWN),
+        ({}, HerdHealth.HEALTHY),
+    ],
+)
+def test_it_rates_a_herd_by_the_worst_that_applies(counts, state):
+    values = dict(total=3, offline=0, broken=0, lagging=0, unknown=0, online_primaries=1)
+    values.update(counts)
+    assert herd_health(**values) == state

@@ -90,6 +90,21 @@ def test_it_restarts_and_reloads_a_primary(celery_worker, acts):
     assert probe.conf_load_time(primary.server.hostname, PORT) > loaded
 
 
+def test_a_smart_restart_ends_elephaas_own_health_sessions_first(celery_worker, acts):
+    """A smart shutdown waits for every client: the health sweep's kept connection (held
+    here as a sweep holds it) would make the restart wait until pg_ctl gave up."""
+    _primary, replica, _servers = acts
+    probe.probe(replica.server.hostname, PORT, keep=True)  # kept, idle, as by a sweep
+    before = _start_time(replica)
+    [job] = run(JobKind.RESTART, [replica], mode="smart")
+    assert job.state == JobState.SUCCEEDED, job.error
+    ended = job.steps.get(name="end ElepHaaS's own monitoring sessions")
+    assert ended.output == "1 ended"
+    assert job.duration < 30, job.duration
+    assert _start_time(replica) > before
+    probe.forget_kept(replica.server.hostname, PORT)
+
+
 def test_it_runs_a_mixed_batch_where_one_fails_and_the_others_succeed(celery_worker, acts):
     primary, replica, servers = acts
     # A row for a cluster that is not on srv3: removed behind ElepHaaS's back.

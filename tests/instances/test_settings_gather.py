@@ -127,7 +127,21 @@ def test_it_gathers_shows_drift_and_finds_settings_by_value(celery_worker, gset,
     other = search(admin_client, "max_connections != 50", **{"instance__herd__id__exact": herd.pk})
     assert primary.address not in other
 
-    # 4. An instance that does not answer keeps what was seen: never invented or erased.
+    # 4. The drift fixed from the herd list: the same change on every member of the herd.
+    def on_herd(**extra):
+        data = {"action": "change_setting_herds", "_selected_action": [herd.pk]}
+        return admin_client.post("/admin/herds/herd/", {**data, **extra})
+
+    page = on_herd(name="work_mem", value="8MB").content.decode()
+    assert page.count("a reload is enough") == 2 and f'value="{herd.pk}"' in page
+    assert on_herd(name="work_mem", value="8MB", confirm="yes").status_code == 302
+    jobs = Job.objects.filter(kind=JobKind.SET_PARAMETER, params__value="8MB")
+    assert {j.instance_id for j in jobs} == {primary.pk, replica.pk}
+    for job in jobs:
+        assert wait_for_job(job, timeout=60).state == JobState.SUCCEEDED, job.error
+    assert "every member has the same settings" in herd_page(admin_client, herd)
+
+    # 5. An instance that does not answer keeps what was seen: never invented or erased.
     before = rows(replica)
     replica.port = 1  # nothing listens there: a real refused connection
     assert settings_gather.gather([replica]).answered == 0

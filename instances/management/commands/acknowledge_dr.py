@@ -5,17 +5,14 @@ the failover planner read), as a DBA does in the admin; running it again updates
 
 from __future__ import annotations
 
-import logging
-
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from herds.models import DRCandidate
-from instances.choices import Role
+from instances.audit import changes_between, describe_changes, record_cli
+from instances.choices import AuditVerb, Role
 from instances.models import Instance
-
-audit = logging.getLogger("elephaas.audit")
 
 
 class Command(BaseCommand):
@@ -41,6 +38,7 @@ class Command(BaseCommand):
         instance = found[0]
         if instance.role != Role.REPLICA:
             raise CommandError(f"{instance.label} is recorded as {instance.role}, not a replica")
+        before = DRCandidate.objects.filter(instance=instance).first()
         candidate = DRCandidate.objects.filter(instance=instance).first() or DRCandidate(
             herd=instance.herd, instance=instance
         )
@@ -51,9 +49,12 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         candidate.save()
-        audit.info(
-            "DR candidate %s acknowledged (priority %s) by (management command)",
-            instance.label,
-            priority,
+        changes = changes_between(before, candidate, ["instance", "priority", "note"])
+        record_cli(
+            AuditVerb.CHANGED if before else AuditVerb.ADDED,
+            f"DR candidate {instance.label} acknowledged (priority {priority}) by "
+            f"(management command){': ' + describe_changes(changes) if changes else ''}",
+            obj=candidate,
+            changes=changes,
         )
         self.stdout.write(f"{instance.label} acknowledged as a DR candidate of {herd}")

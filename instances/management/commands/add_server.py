@@ -12,6 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from herds.models import Environment
 from instances import ssh
+from instances.audit import changes_between, record_cli
+from instances.choices import AuditVerb
 from instances.models import Server
 
 
@@ -76,4 +78,18 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         server.full_clean()
         server.save()
+        fields = ["hostname", "environment", "ssh_port", "ssh_user", "host_key_fingerprint"]
+        record_cli(
+            AuditVerb.ADDED,
+            f"server {hostname} added to {env.name} by (management command)",
+            obj=server,
+            changes=changes_between(None, server, fields),
+        )
+        record_cli(
+            AuditVerb.HOST_KEY_PINNED,
+            f"(management command) pinned the {key_type} host key of {hostname}: none → {seen} "
+            "(the expected fingerprint)",
+            obj=server,
+            changes={"host_key_fingerprint": [None, seen]},
+        )
         self.stdout.write(f"{hostname}: added to {env.name}, host key {seen} pinned")

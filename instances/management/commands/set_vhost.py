@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from herds.models import Herd
+from instances.audit import changes_between, describe_changes, record_cli
+from instances.choices import AuditVerb
 from instances.jobs import queue as job_queue
 from instances.jobs import runner
 from instances.models import JobKind, JobOrigin, JobState
@@ -30,12 +32,21 @@ class Command(BaseCommand):
         if len(found) != 1:
             raise CommandError(f"{len(found)} herds named {herd!r}; name the --environment")
         target = found[0]
+        before = Herd.objects.get(pk=target.pk)
         target.vhost, target.ro_vhost = vhost, ro_vhost
         try:
             target.full_clean()
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         target.save()
+        changes = changes_between(before, target, ["vhost", "ro_vhost"])
+        if changes:
+            record_cli(
+                AuditVerb.CHANGED,
+                f"herd {target.name} changed by (management command): " + describe_changes(changes),
+                obj=target,
+                changes=changes,
+            )
         [job] = runner.run_inline(
             job_queue.create_jobs(JobKind.REFRESH_DNS, [target], origin=JobOrigin.CLI, queue=False)
         )
