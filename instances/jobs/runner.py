@@ -499,6 +499,29 @@ class JobContext:
             "recording a step",
         )
 
+    def record(
+        self, name: str, host: str = "", *, ok: bool, output: str = "", duration: float
+    ) -> None:
+        """A step that was done elsewhere (in another thread, at the same time as others),
+        written once with its outcome and how long it took."""
+        self.check_cancel()
+        self.check_lock(name)
+        self._seq += 1
+        started = timezone.now() - timedelta(seconds=duration)
+        db_retry(
+            lambda: JobStep.objects.create(
+                job=self.job,
+                seq=self._seq,
+                name=name[:255],
+                host=host[:255],
+                ok=ok,
+                output=_tail(output),
+                started_at=started,
+                duration=duration,
+            ),
+            "recording a step",
+        )
+
     def note(self, name: str, detail: str = "", host: str = "") -> None:
         """A step that records a decision or a finding rather than a command."""
         with self.step(name, host) as step:
