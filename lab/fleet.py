@@ -631,7 +631,11 @@ def ensure_meta() -> None:
         "meta",
         META_PORT,
         META_ADDRESS,
-        {"max_connections": "200", "shared_buffers": "'128MB'", "fsync": "on"},
+        {
+            "max_connections": str(PROFILE.meta_connections),
+            "shared_buffers": "'128MB'",
+            "fsync": "on",
+        },
         [f"host all elephaas {META_ADDRESS}/32 scram-sha-256"],
     )
     start_cluster(ns, version, "meta")

@@ -43,12 +43,28 @@ class Profile:
     # Controllers, each a Celery worker of worker_concurrency threads: the first on the
     # lab's host, the others on hosts of their own (lab/controller.py).
     controllers: int = 1
+    # The metadata database's max_connections: two sessions per running job and worker
+    # thread, and the benchmarks', tests' and web's own.
+    meta_connections: int = 200
 
 
 PROFILES = {
     "default": Profile("default", ".lab", "127.0.1", 54329, 6390, 5300, 3389, 8000, 4),
+    # Two controllers of 64 threads: a bulk action of 100 restarts ran in two waves with
+    # 64 threads in all, 1.41x the same commands by hand (bench_scale_restart).
     "scale": Profile(
-        "scale", ".lab-scale", "127.0.2", 54339, 6391, 5301, 3390, 8001, 40, 32, controllers=2
+        "scale",
+        ".lab-scale",
+        "127.0.2",
+        54339,
+        6391,
+        5301,
+        3390,
+        8001,
+        40,
+        worker_concurrency=64,
+        controllers=2,
+        meta_connections=400,
     ),
 }
 # Which environment variable overrides which field.
@@ -120,7 +136,7 @@ ENV_FILE = LAB_DIR / "elephaas.env"
 def record_profile() -> None:
     """Write lab.json: what later commands and benchmarks pointed at this folder use."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)
-    skip = ("lab_dir", "servers", "worker_concurrency", "controllers")
+    skip = ("lab_dir", "servers", "worker_concurrency", "controllers", "meta_connections")
     values = {k: v for k, v in asdict(PROFILE).items() if k not in skip}
     (LAB_DIR / "lab.json").write_text(json.dumps(values, indent=2) + "\n")
 
