@@ -13,7 +13,7 @@ from herds.models import Herd
 from instances import commands, discovery, probe
 from instances.choices import JobKind, Role
 from instances.jobs.registry import JobFailed, operation
-from instances.jobs.runner import JobContext
+from instances.jobs.runner import Done, JobContext
 from instances.models import Instance, Server
 
 
@@ -80,19 +80,19 @@ def discover(ctx: JobContext) -> str:
         found.port: None for found in clusters if not found.running
     }
     running = [found for found in clusters if found.running]
+    done = []
     for found, (result, error, seconds) in zip(
         running, probe_each(server.hostname, [f.port for f in running]), strict=True
     ):
         probes[found.port] = result
-        ctx.record(
-            f"probe {found.name} (port {found.port})",
-            f"{server.hostname}:{found.port}",
-            ok=result is not None,
-            # When SQL fails the listing still says what it is; the step says why.
-            output=error
-            or f"in recovery: {result.in_recovery}; LSN {result.lsn}; version {result.version_num}",
-            duration=seconds,
+        # When SQL fails the listing still says what it is; the step says why.
+        said = error or (
+            f"in recovery: {result.in_recovery}; LSN {result.lsn}; version {result.version_num}"
         )
+        name, where = f"probe {found.name} (port {found.port})", f"{server.hostname}:{found.port}"
+        done.append(Done(name, where, result is not None, said, seconds))
+    if done:
+        ctx.record(*done)
     ctx.progress(60)
     added, changed, same, gone, held = [], [], [], [], []
     with transaction.atomic():
@@ -215,7 +215,8 @@ def _reconcile(
     server: Server, found: discovery.FoundCluster, result: probe.ProbeResult | None
 ) -> tuple[str, Instance, str]:
     existing = (
-        Instance.objects.select_related("herd", "server")
+        # The upstream's herd and server too: the change summary names the upstream.
+        Instance.objects.select_related("herd", "server", "upstream__herd", "upstream__server")
         .filter(server=server, port=found.port)
         .first()
     )
@@ -262,7 +263,11 @@ def _reconcile(
 def _instance_at(address: tuple[str, int] | None) -> Instance | None:
     if not address:
         return None
-    return Instance.objects.filter(server__hostname=address[0], port=address[1]).first()
+    return (
+        Instance.objects.select_related("herd", "server")
+        .filter(server__hostname=address[0], port=address[1])
+        .first()
+    )
 
 
 def _snapshot(instance: Instance) -> dict:

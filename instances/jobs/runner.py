@@ -414,6 +414,17 @@ class Heartbeat:
 heartbeat = Heartbeat()
 
 
+@dataclass(frozen=True)
+class Done:
+    """A step done outside JobContext.step (JobContext.record)."""
+
+    name: str
+    host: str
+    ok: bool
+    output: str
+    duration: float
+
+
 class JobContext:
     """What an operation uses to do its work and record every step."""
 
@@ -499,28 +510,28 @@ class JobContext:
             "recording a step",
         )
 
-    def record(
-        self, name: str, host: str = "", *, ok: bool, output: str = "", duration: float
-    ) -> None:
-        """A step that was done elsewhere (in another thread, at the same time as others),
-        written once with its outcome and how long it took."""
+    def record(self, *done: Done) -> None:
+        """Steps that were done elsewhere (in other threads, at the same time), written
+        at once, each with its outcome and how long it took: one INSERT for them all."""
         self.check_cancel()
-        self.check_lock(name)
-        self._seq += 1
-        started = timezone.now() - timedelta(seconds=duration)
-        db_retry(
-            lambda: JobStep.objects.create(
-                job=self.job,
-                seq=self._seq,
-                name=name[:255],
-                host=host[:255],
-                ok=ok,
-                output=_tail(output),
-                started_at=started,
-                duration=duration,
-            ),
-            "recording a step",
-        )
+        self.check_lock(done[0].name if done else "")
+        now = timezone.now()
+        rows = []
+        for item in done:
+            self._seq += 1
+            rows.append(
+                JobStep(
+                    job=self.job,
+                    seq=self._seq,
+                    name=item.name[:255],
+                    host=item.host[:255],
+                    ok=item.ok,
+                    output=_tail(item.output),
+                    started_at=now - timedelta(seconds=item.duration),
+                    duration=item.duration,
+                )
+            )
+        db_retry(lambda: JobStep.objects.bulk_create(rows), "recording steps")
 
     def note(self, name: str, detail: str = "", host: str = "") -> None:
         """A step that records a decision or a finding rather than a command."""
