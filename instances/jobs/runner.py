@@ -208,14 +208,13 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class Lock:
-    raw: object  # a DB-API connection of its own, so its lifetime is exactly the job's
+    # A DB-API connection of the job's own while it runs: if the worker dies, its locks
+    # go with the session; at the job's end they are released and the session is kept.
+    raw: object
     keys: list[tuple[str, int, int]]
 
     def release(self) -> None:
-        try:
-            self.raw.close()
-        except Exception:  # noqa: BLE001 - closing is best effort; Postgres frees it anyway
-            pass
+        _give_back(self.raw)
 
     def alive(self) -> bool:
         try:
@@ -247,11 +246,66 @@ class Lock:
             return False
 
 
+# Sessions that held a job's locks and released them all, kept for the next job of this
+# process as the ORM keeps its connections (CONN_MAX_AGE): opening one (a backend fork and
+# a SCRAM exchange, 14-46 ms) for every job of a bulk action of 100 was a cost of its own
+# on the metadata database and in the worker (bench_scale_restart).
+_idle_lock = threading.Lock()
+_idle: list[tuple[int, float, object]] = []  # (pid, given back at, connection)
+
+
 def _lock_connection():
+    """A session of the job's own for its advisory locks: an idle one this process gave
+    back (checked alive first), else a new one. It holds no lock when handed out."""
+    max_age = connections["default"].settings_dict.get("CONN_MAX_AGE") or 0
+    while True:
+        with _idle_lock:
+            taken = _idle.pop() if _idle else None
+        if taken is None:
+            break
+        pid, since, raw = taken
+        if pid == os.getpid() and time.monotonic() - since < max_age:
+            try:
+                with raw.cursor() as cur:
+                    cur.execute("SELECT 1")
+                    cur.fetchone()
+                return raw
+            except Exception:  # noqa: BLE001 - a dead session (a restart): open another
+                pass
+        if pid == os.getpid():
+            _close(raw)
     db = connections["default"]
     raw = db.get_new_connection(db.get_connection_params())
     raw.autocommit = True
     return raw
+
+
+def _give_back(raw) -> None:
+    """Release every advisory lock the session holds and keep it for the next job; a
+    session that cannot say it released them is closed (Postgres frees them then)."""
+    max_age = connections["default"].settings_dict.get("CONN_MAX_AGE") or 0
+    try:
+        if not max_age:
+            raise RuntimeError("connections are not kept (CONN_MAX_AGE 0)")
+        with raw.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock_all()")
+    except Exception:  # noqa: BLE001 - closing is the release that always works
+        _close(raw)
+        return
+    now = time.monotonic()
+    with _idle_lock:
+        _idle.append((os.getpid(), now, raw))
+        stale = [item for item in _idle if item[0] == os.getpid() and now - item[1] >= max_age]
+        _idle[:] = [item for item in _idle if item not in stale]
+    for _pid, _since, old in stale:
+        _close(old)
+
+
+def _close(raw) -> None:
+    try:
+        raw.close()
+    except Exception:  # noqa: BLE001 - closing is best effort; Postgres frees it anyway
+        pass
 
 
 def lock_keys(job: Job) -> list[tuple[str, int, int]]:
@@ -292,7 +346,7 @@ def take_lock(job: Job, cancel: threading.Event) -> Lock:
                         raise JobFailed(_busy_message(job))
                     time.sleep(0.2)
     except BaseException:
-        raw.close()
+        _give_back(raw)
         raise
     return Lock(raw, held)
 

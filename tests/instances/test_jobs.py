@@ -270,3 +270,32 @@ def test_it_beats_every_running_job_from_one_thread_and_relays_cancels(server, s
     while "heartbeat" in [t.name for t in threading.enumerate()]:
         assert time.monotonic() < deadline, "the idle heartbeat thread did not end"
         time.sleep(0.05)
+
+
+def test_it_keeps_a_lock_session_for_the_next_job_with_no_lock_left_on_it(server, monkeypatch):
+    """A job's lock session is kept for the next job (as the ORM keeps its connections),
+    every advisory lock released first; with CONN_MAX_AGE 0 it is closed."""
+    from django.db import connections
+
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 60)
+    first, second = queue.create_jobs(JobKind.CHECK_SERVER, [server, server], queue=False)
+    for job in (first, second):
+        assert runner.claim(job.pk, "lock-test")
+    lock = runner.take_lock(Job.objects.with_related().get(pk=first.pk), threading.Event())
+    backend = lock.raw.get_backend_pid()
+    lock.release()
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [backend]
+        )
+        assert cur.fetchone()[0] == 0
+    again = runner.take_lock(Job.objects.with_related().get(pk=second.pk), threading.Event())
+    try:
+        assert again.raw.get_backend_pid() == backend
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [1, server.pk])
+            assert cur.fetchone()[0] is False  # the second job holds the server now
+    finally:
+        monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 0)
+        again.release()
+    assert again.raw.closed
