@@ -101,6 +101,25 @@ def by_controller(jobs: Iterable) -> str:
     return ", ".join(f"{host} {count}" for host, count in hosts.most_common())
 
 
+def controllers_cpu() -> float:
+    """CPU seconds the lab's workers (every controller's) have used so far: what ElepHaaS
+    itself costs, apart from the servers' sshd and PostgreSQL."""
+    import os
+
+    from lab import controller, fleet, proc
+
+    pids = [proc.running_from(fleet.worker_pidfile())]
+    pids += [pid for _name, holder in controller.running() for pid in controller.pids(holder)]
+    ticks = 0
+    for pid in filter(None, pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def discover(rows: Sequence) -> float:
     """Discover the servers through the lab's worker; seconds from queueing to the last
     job's end."""

@@ -39,6 +39,7 @@ django.setup()
 
 from _scale import (  # noqa: E402
     by_controller,
+    controllers_cpu,
     discover,
     masters,
     require_scale_lab,
@@ -99,7 +100,9 @@ def main() -> int:
     with masters(rows) as master:
         for number in range(1, args.rounds + 1):
             mark = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+            cpu = controllers_cpu()
             elephaas.append(discover(rows))
+            cpu = controllers_cpu() - cpu
             seconds, clusters = by_hand(rows)
             hand.append(seconds)
             warm.append(by_hand(rows, master)[0])
@@ -110,6 +113,7 @@ def main() -> int:
                 flush=True,
             )
             print(f"  {where_time_went(rows, mark)}", flush=True)
+            print(f"  the controllers' CPU: {cpu:.1f} s ({cpu / len(rows) * 1000:.0f} ms a server)")
     instances = Instance.objects.filter(server__in=rows).count()
     median = statistics.median(elephaas)
     ratio = median / statistics.median(warm)

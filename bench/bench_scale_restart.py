@@ -38,6 +38,7 @@ django.setup()
 
 from _scale import (  # noqa: E402
     by_controller,
+    controllers_cpu,
     masters,
     require_worker,
     run_by_hand,
@@ -159,7 +160,9 @@ def main() -> int:
     elephaas, hand, warm = [], [], []
     with masters({i.server for i in instances}) as master:
         for number in range(1, args.rounds + 1):
+            cpu = controllers_cpu()
             seconds, jobs, written, sessions = through_elephaas(instances)
+            cpu = controllers_cpu() - cpu
             elephaas.append(seconds)
             hand.append(by_hand(instances))
             warm.append(by_hand(instances, master))
@@ -173,7 +176,8 @@ def main() -> int:
             steps = JobStep.objects.filter(job__in=jobs).count()
             print(
                 f"  metadata database: {written / len(jobs):.1f} rows written per job "
-                f"({steps / len(jobs):.1f} steps each), at most {sessions} sessions at once",
+                f"({steps / len(jobs):.1f} steps each), at most {sessions} sessions at once; "
+                f"the controllers' CPU: {cpu:.1f} s ({cpu / len(jobs) * 1000:.0f} ms a job)",
                 flush=True,
             )
     median = statistics.median(elephaas)
