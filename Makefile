@@ -12,9 +12,10 @@ DEB_DIR := build/deb
 APT_PACKAGES := python3 python3-venv python3-dev build-essential libpq-dev libldap2-dev \
 	libsasl2-dev postgresql postgresql-contrib openssh-server openssh-client bind9 \
 	bind9-utils bind9-dnsutils slapd ldap-utils redis-server rsync util-linux procps \
-	chromium chromium-driver $(DEB_APT_PACKAGES)
+	chromium chromium-driver $(DEB_APT_PACKAGES) \
+	iproute2 nftables
 
-.PHONY: demo test stop system venv lab-up lint bench deb
+.PHONY: demo test stop system venv lab-up lint bench bench-scale deb
 
 demo: venv
 	$(PY) -m lab up --servers $(SERVERS)
@@ -55,7 +56,16 @@ lint: venv
 
 bench: venv
 	$(PY) -m lab up --servers $(SERVERS)
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+	for b in bench/bench_*.py; do case $$b in */bench_scale_*) continue;; esac; \
+		echo "== $$b"; $(PY) $$b; done
+
+# The scale lab (40 servers, 200 instances, two controllers) beside the default one, its
+# benchmarks, and the two that measure any fleet (health sweeps, admin pages); then down.
+bench-scale: venv
+	nice -n 19 $(PY) -m lab up --profile scale
+	rc=0; for b in bench/bench_scale_*.py bench/bench_health.py bench/bench_admin_list.py; do \
+		echo "== $$b"; LAB_DIR=.lab-scale $(PY) $$b || rc=1; done; \
+	LAB_DIR=.lab-scale $(PY) -m lab down; exit $$rc
 
 # The Debian package, built from a copy of what goes into it (tracked and untracked files,
 # never git-ignored ones) so that dpkg-buildpackage writes its outputs into $(DEB_DIR)

@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Admin list pages at 100 and at 10,000 instances: time per page and SQL queries.
+"""Admin list, filter and search pages at 200 and at 10,000 instances: time per page and
+SQL queries.
 
-Run: .venv/bin/python bench/bench_admin_list.py [--repeat N]
+Run: .venv/bin/python bench/bench_admin_list.py [--repeat N]   (any lab's metadata database)
 
 1. Create a scratch database (elephaas_bench) on the metadata server, through Django's
    test-database machinery, and migrate it.
-2. Bulk-create a small fleet: 100 instances (10 servers, 20 herds of 5).
-3. Fetch each admin list page with the test Client as a superuser, a few times; record the
+2. Bulk-create a fleet the size of the scale lab: 200 instances (40 servers, 40 herds of
+   5).
+3. Fetch each admin page (the list pages; the instance list filtered by environment, by
+   role and state, by replication health; searches by herd and by server name, and one
+   that matches every row) with the test Client as a superuser, a few times; record the
    median time and the number of SQL queries of one fetch.
 4. Replace the fleet by a large one: 10,000 instances (1,000 servers, 2,000 herds) and
    measure again.
 5. Print the figures and the large/small ratios, and drop the scratch database.
 
-Goal (DESIGN, "For this project"): a list page costs the same number of queries for any
+Goal (DESIGN, "For this project"): every page costs the same number of queries for any
 fleet size, and the instance list takes at most twice as long at 10,000 instances.
 Exit status 1 when a goal is missed.
 """
@@ -35,14 +39,23 @@ BENCH_DATABASE = "elephaas_bench"
 PER_HERD = 5  # one primary, four replicas
 SIZES = (
     # label, environments, servers, herds  (instances = herds * PER_HERD)
-    ("small", 2, 10, 20),
+    ("small", 4, 40, 40),
     ("large", 10, 1_000, 2_000),
 )
 PAGES = (
-    ("instances", "admin:instances_instance_changelist"),
-    ("herds", "admin:herds_herd_changelist"),
-    ("servers", "admin:instances_server_changelist"),
-    ("DR pairs", "admin:herds_drpair_changelist"),
+    # label, URL name, query string
+    ("instances", "admin:instances_instance_changelist", ""),
+    ("herds", "admin:herds_herd_changelist", ""),
+    ("servers", "admin:instances_server_changelist", ""),
+    ("DR pairs", "admin:herds_drpair_changelist", ""),
+    ("inst. env", "admin:instances_instance_changelist", "herd__environment__id__exact=1"),
+    ("inst. role", "admin:instances_instance_changelist", "role__exact=replica&online__exact=1"),
+    ("inst. repl", "admin:instances_instance_changelist", "replication=unknown"),
+    ("inst. ?herd", "admin:instances_instance_changelist", "q=herd0012"),
+    ("inst. ?host", "admin:instances_instance_changelist", "q=db0007.bench"),
+    ("inst. ?all", "admin:instances_instance_changelist", "q=bench.test"),
+    ("herds ?name", "admin:herds_herd_changelist", "q=herd001"),
+    ("servers env", "admin:instances_server_changelist", "environment__id__exact=1"),
 )
 GOAL_PAGE = "instances"
 GOAL_TIME_RATIO = 2.0
@@ -192,19 +205,20 @@ def run(repeat: int) -> int:
             f"(created in {time.perf_counter() - started:.1f} s)",
             flush=True,
         )
-        for page, url_name in PAGES:
-            median_ms, queries, rows = measure(client, reverse(url_name), repeat)
+        for page, url_name, query in PAGES:
+            url = reverse(url_name) + (f"?{query}" if query else "")
+            median_ms, queries, rows = measure(client, url, repeat)
             results.append(Measurement(page, label, instances, median_ms, queries, rows))
             print(
-                f"  {page:<10} {rows:>4} rows/page  {median_ms:8.1f} ms median  "
+                f"  {page:<12} {rows:>4} rows/page  {median_ms:8.1f} ms median  "
                 f"{queries:>3} queries",
                 flush=True,
             )
 
     print()
-    print(f"{'page':<10} {'queries small → large':>22} {'query ratio':>12} {'time ratio':>11}")
+    print(f"{'page':<12} {'queries small → large':>22} {'query ratio':>12} {'time ratio':>11}")
     failed = False
-    for page, _ in PAGES:
+    for page, *_ in PAGES:
         small, large = (m for m in results if m.page == page)
         time_ratio = large.median_ms / small.median_ms
         query_ratio = large.queries / small.queries
@@ -212,7 +226,7 @@ def run(repeat: int) -> int:
         # render fewer rows there: their time ratio includes that, not only fleet size.
         note = "" if small.rows == large.rows else f"  ({small.rows} vs {large.rows} rows shown)"
         print(
-            f"{page:<10} {small.queries:>11} → {large.queries:<8} {query_ratio:>12.2f}"
+            f"{page:<12} {small.queries:>11} → {large.queries:<8} {query_ratio:>12.2f}"
             f" {time_ratio:>10.2f}x{note}"
         )
         if large.queries != small.queries:
@@ -244,11 +258,13 @@ def main() -> int:
     from django.test.utils import setup_test_environment, teardown_test_environment
 
     setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    # create_test_db returns the scratch name; destroy_test_db wants the real one back.
+    real_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         return run(args.repeat)
     finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        connection.creation.destroy_test_db(real_name, verbosity=0)
         teardown_test_environment()
 
 

@@ -21,7 +21,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,12 +31,11 @@ import django  # noqa: E402
 
 django.setup()
 
-import psycopg2  # noqa: E402
+from _drill import Client, print_steps, run_campaign  # noqa: E402
 
 from herds import site_drill  # noqa: E402
 from herds.models import DRCandidate, Environment, Herd  # noqa: E402
-from instances.choices import CampaignKind, CampaignState  # noqa: E402
-from instances.inventory import herd_instances, recorded_primary  # noqa: E402
+from instances.choices import CampaignKind  # noqa: E402
 from instances.jobs import queue, runner  # noqa: E402
 from instances.models import Campaign, Instance, JobKind, Server  # noqa: E402
 from lab import herd as lab_herd  # noqa: E402
@@ -46,74 +44,6 @@ from lab import state  # noqa: E402
 # name, port, primary server, prod replica server; every herd's DR copy is on srv4
 HERDS = [(f"sd{i}", 5820 + i, (i - 1) % 3 + 1, i % 3 + 1) for i in range(1, 7)]
 DR = 4
-
-
-class Client(threading.Thread):
-    """One row per transaction until stopped; reconnects through the multi-host string."""
-
-    def __init__(self, herd: Herd, first: int, rate: float):
-        super().__init__(daemon=True)
-        self.pause = 1 / rate if rate else 0.0
-        hosts = ",".join(i.server.hostname for i in herd_instances(herd.pk))
-        self.dsn = (
-            f"host={hosts} port={herd.port} dbname=postgres user=elephaas "
-            f"password={state.secret('pg_password')} target_session_attrs=read-write "
-            "connect_timeout=1"
-        )
-        self.herd = herd
-        self.value = first
-        self.acked: list[int] = []
-        self.times: list[float] = []
-        self.halt = threading.Event()
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS drill_rows (v bigint PRIMARY KEY)")
-        conn.close()
-
-    def run(self) -> None:
-        conn = None
-        while not self.halt.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg2.connect(self.dsn)
-                    conn.autocommit = True
-                with conn.cursor() as cur:
-                    cur.execute("INSERT INTO drill_rows VALUES (%s)", [self.value])
-                self.acked.append(self.value)
-                self.times.append(time.monotonic())
-                self.value += 1
-                if self.pause:
-                    time.sleep(self.pause)
-            except psycopg2.Error:
-                try:
-                    if conn is not None:
-                        conn.close()
-                except psycopg2.Error:
-                    pass
-                conn = None
-                time.sleep(0.01)
-        if conn is not None:
-            conn.close()
-
-    def gap(self, since: float) -> float:
-        moments = [t for t in self.times if t >= since]
-        return max((b - a for a, b in zip(moments, moments[1:], strict=False)), default=0.0)
-
-    def lost(self) -> int:
-        primary = recorded_primary(herd_instances(self.herd.pk))
-        conn = psycopg2.connect(
-            host=primary.server.hostname,
-            port=primary.port,
-            dbname="postgres",
-            user="elephaas",
-            password=state.secret("pg_password"),
-        )
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM drill_rows WHERE v = ANY(%s)", [self.acked])
-            found = cur.fetchone()[0]
-        conn.close()
-        return len(self.acked) - found
 
 
 def build() -> list[Herd]:
@@ -141,49 +71,7 @@ def build() -> list[Herd]:
     return herds
 
 
-def run_campaign(kind: str, herds: list[Herd], targets: dict, reverse_of=None) -> Campaign:
-    checks = site_drill.check(herds, targets)
-    failing = [
-        (c.herd.name, [g.detail for g in c.failed_gates] or c.plan.sentence)
-        for c in checks
-        if not c.ok
-    ]
-    if failing:
-        sys.exit(f"bench: gates failed: {failing}")
-    started = time.monotonic()
-    campaign = site_drill.start(
-        kind, checks, user=None, concurrency=len(herds), canary=False, reverse_of=reverse_of
-    )
-    while True:
-        campaign.refresh_from_db()
-        if campaign.finished_at or campaign.state == CampaignState.HALTED:
-            break
-        if time.monotonic() - started > 600:
-            sys.exit(f"bench: campaign #{campaign.pk} still {campaign.state} after 600 s")
-        time.sleep(0.05)
-    campaign.wall = time.monotonic() - started
-    if campaign.state != CampaignState.SUCCEEDED:
-        sys.exit(f"bench: campaign #{campaign.pk} {campaign.state}: {campaign.state_note}")
-    return campaign
-
-
 STEPS = False
-
-
-def print_steps(campaign: Campaign) -> None:
-    """Where the time of a campaign's switchovers went: each step's median and max."""
-    from collections import defaultdict
-
-    from instances.models import JobStep
-
-    seconds = defaultdict(list)
-    for step in JobStep.objects.filter(job__campaign=campaign):
-        name = step.name.split(" ")[0] if " on " in step.name else step.name
-        seconds[name].append(step.duration or 0)
-    for name, values in sorted(seconds.items(), key=lambda kv: -max(kv[1])):
-        print(
-            f"    {name[:60]:60} median {statistics.median(values):.3f} s max {max(values):.3f} s"
-        )
 
 
 def drill(herds: list[Herd], first: int, rate: float) -> dict:

@@ -17,7 +17,8 @@ an environment variable cannot express. Values shown are the defaults.
 # ELEPHAAS_TIME_ZONE=UTC
 # ELEPHAAS_STATIC_ROOT=<repo>/staticfiles
 # ELEPHAAS_LOG_LEVEL=INFO
-# ELEPHAAS_ENV_FILE=<repo>/.lab/elephaas.env   (KEY=VALUE lines; never overrides the env)
+# ELEPHAAS_ENV_FILE=$LAB_DIR/elephaas.env, else <repo>/.lab/elephaas.env   (KEY=VALUE
+#                   lines; never overrides the env)
 # ELEPHAAS_LOCAL_SETTINGS=/etc/elephaas/local_settings.py   (run after this file)
 
 # --- Behind TLS, behind a proxy, gunicorn ------------------------------------------------
@@ -40,7 +41,7 @@ an environment variable cannot express. Values shown are the defaults.
 # --- Celery ----------------------------------------------------------------------------
 # ELEPHAAS_BROKER_URL=redis://127.0.0.1:6390/0
 # ELEPHAAS_RESULT_BACKEND=<the broker URL>
-# ELEPHAAS_WORKER_CONCURRENCY=16
+# ELEPHAAS_WORKER_CONCURRENCY=16  threads; each running job holds 2 metadata sessions
 # ELEPHAAS_JOB_LOCK_WAIT=30       seconds a job waits for a busy target
 # ELEPHAAS_JOB_HEARTBEAT=2        seconds between heartbeats of a running job
 # ELEPHAAS_JOB_LOST_AFTER=60      seconds without a heartbeat before a job is failed as lost
@@ -54,7 +55,7 @@ an environment variable cannot express. Values shown are the defaults.
 
 # --- Health polling ----------------------------------------------------------------------
 # ELEPHAAS_HEALTH_INTERVAL=30
-# ELEPHAAS_HEALTH_CONCURRENCY=32
+# ELEPHAAS_HEALTH_CONCURRENCY=256
 # ELEPHAAS_HEALTH_LAG_BYTES=16777216
 # ELEPHAAS_HEALTH_LAG_SECONDS=60
 
@@ -75,7 +76,8 @@ an environment variable cannot express. Values shown are the defaults.
 
 # --- Health and configuration polling (Celery beat) ---------------------------------------
 # ELEPHAAS_HEALTH_INTERVAL=30           seconds between sweeps
-# ELEPHAAS_HEALTH_CONCURRENCY=32        probes at once
+# ELEPHAAS_HEALTH_CONCURRENCY=256       probes at once (at least the number of instances)
+# ELEPHAAS_HEALTH_FIRST_WRITE=1         seconds after which a sweep writes what answered
 # ELEPHAAS_HEALTH_LAG_BYTES=16777216    replica lag (bytes) shown as lagging
 # ELEPHAAS_HEALTH_LAG_SECONDS=60        replica lag (seconds) shown as lagging
 # ELEPHAAS_HEALTH_SAMPLE_RETENTION=24   hours of health samples kept (the dashboard's lag

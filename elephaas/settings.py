@@ -20,10 +20,12 @@ from .envconf import envbool, envfloat, envint, envlist, envsecret, envstr, load
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# The lab writes its addresses and secret-file paths here. On a controller the units read
+# The lab writes its addresses and secret-file paths here (LAB_DIR/elephaas.env, so that
+# LAB_DIR=.lab-scale points a benchmark at the scale lab). On a controller the units read
 # /etc/elephaas/elephaas.env (EnvironmentFile=) and `elephaas-manage` points this variable
 # at that same file, so commands and services see one configuration.
-load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", BASE_DIR / ".lab" / "elephaas.env")))
+_LAB_DIR = Path(os.environ["LAB_DIR"]).resolve() if os.environ.get("LAB_DIR") else BASE_DIR / ".lab"
+load_env_file(Path(os.environ.get("ELEPHAAS_ENV_FILE", _LAB_DIR / "elephaas.env")))
 
 DEBUG = envbool("ELEPHAAS_DEBUG", False)
 SECRET_KEY = envsecret("ELEPHAAS_SECRET_KEY")
@@ -166,7 +168,12 @@ METADATA_RETRY = envfloat("ELEPHAAS_METADATA_RETRY", 60.0, 0)
 # Health polling (Celery beat): how often every instance is probed, how many probes run
 # at once, and the replica lag (bytes / seconds) past which a replica is shown as lagging.
 HEALTH_INTERVAL = envfloat("ELEPHAAS_HEALTH_INTERVAL", 30.0, 1)
-HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 32, 1, 1024)
+# Enough probe threads for a fleet of hundreds at once: a probe that waits on a silent
+# address holds its thread until PG_PROBE_CONNECT_TIMEOUT, and with 32 threads 50 such
+# addresses made a 200-instance sweep 10 s instead of 5 (bench_health). What answered
+# within HEALTH_FIRST_WRITE seconds is written at once, the silent ones when they time out.
+HEALTH_CONCURRENCY = envint("ELEPHAAS_HEALTH_CONCURRENCY", 256, 1, 4096)
+HEALTH_FIRST_WRITE = envfloat("ELEPHAAS_HEALTH_FIRST_WRITE", 1.0, 0)
 HEALTH_LAG_BYTES = envint("ELEPHAAS_HEALTH_LAG_BYTES", 16 * 1024 * 1024, 0)
 HEALTH_LAG_SECONDS = envfloat("ELEPHAAS_HEALTH_LAG_SECONDS", 60.0, 0)
 # Each sweep keeps a sample per instance (online, lag) for the dashboard's lag pictures and

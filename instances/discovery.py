@@ -25,8 +25,13 @@ class FoundCluster:
 
     @property
     def upstream(self) -> tuple[str, int] | None:
-        """(host, port) this cluster streams from, read from its primary_conninfo."""
-        if not self.primary_conninfo:
+        """(host, port) this cluster streams from, read from its primary_conninfo.
+
+        None for a primary: a promoted replica keeps its primary_conninfo (promotion does
+        not remove it), and following it put a herd switched over and back by a site drill
+        into the environment of its DR copy (a second herd of the same name there).
+        """
+        if not self.primary_conninfo or self.in_recovery is False:
             return None
         info = parse_conninfo(self.primary_conninfo)
         host = info.get("host") or info.get("hostaddr")

@@ -12,9 +12,12 @@ A sweep (the `instances.poll_health` task, every HEALTH_INTERVAL seconds):
    answered, a replica's lag against its upstream's LSN when that upstream answered in the
    same sweep; for an instance that did not answer, only online=False and why: its LSNs
    and lag stay as they were, never invented;
-5. write with one bulk UPDATE per group of instances that change the same fields;
+5. write with one bulk UPDATE per group of instances that change the same fields, what
+   answered within HEALTH_FIRST_WRITE seconds at once, the rest when it answers or its
+   probe gives up;
 6. keep a sample per instance (online, lag) in one INSERT, and delete the samples older
-   than HEALTH_SAMPLE_RETENTION hours in one DELETE (the dashboard's lag pictures).
+   than HEALTH_SAMPLE_RETENTION hours in one DELETE (the dashboard's lag pictures); both
+   per write of step 5.
 
 The decisions (what changed, how far behind, is it lagging, is its upstream gone) are
 plain functions of plain values in instances.health_rules.
@@ -28,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -62,6 +65,8 @@ class SweepSummary:
     offline: int = 0
     changed: int = 0
     seconds: float = 0.0
+    # Seconds until what answered was written (the rest waits for its probe's timeout).
+    first_write: float | None = None
     skipped: bool = False
     fence_jobs: int = 0
     samples: int = 0
@@ -101,36 +106,45 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
-def probe_all(targets: Iterable[tuple[int, str, int]]) -> dict[int, Outcome]:
-    """Probe (key, hostname, port) targets concurrently; {key: result or Unreachable}.
+def probe_all(
+    targets: Iterable[tuple[int, str, int]], first_wait: float | None = None
+) -> Iterator[dict[int, Outcome]]:
+    """Probe (key, hostname, port) targets concurrently; yields {key: result or
+    Unreachable} twice: what answered (or failed) within `first_wait` seconds, then the
+    rest once they answer or time out. Every target is in exactly one of the two.
 
     libpq's connect_timeout bounds connecting and statement_timeout the query; the overall
     wait below is a safety net for a server that accepts a connection and then freezes.
     """
     targets = list(targets)
     if not targets:
-        return {}
+        return
     timeout = float(settings.PG_PROBE_CONNECT_TIMEOUT)
     workers = min(settings.HEALTH_CONCURRENCY, len(targets))
     # Each wave of `workers` probes takes at most a connect and a query timeout.
     deadline = math.ceil(len(targets) / workers) * (2 * timeout) + 1
+    started = time.monotonic()
     pool = _executor(workers)
     futures = {
         pool.submit(_probe_one, hostname, port, timeout): (key, hostname, port)
         for key, hostname, port in targets
     }
+    done, pending = wait(futures, timeout=first_wait)
+    yield {futures[f][0]: f.result() for f in done}
+    if not pending:
+        return
     # Never wait past the deadline for a hung probe: its thread is freed when its socket
     # times out, and its result is reported as no answer.
-    wait(futures, timeout=deadline)
-    for future in futures:
+    wait(pending, timeout=max(0.0, deadline - (time.monotonic() - started)))
+    rest: dict[int, Outcome] = {}
+    for future in pending:
         future.cancel()
-    outcomes: dict[int, Outcome] = {}
-    for future, (key, hostname, port) in futures.items():
+        key, hostname, port = futures[future]
         if future.done() and not future.cancelled():
-            outcomes[key] = future.result()
+            rest[key] = future.result()
         else:
-            outcomes[key] = Unreachable(f"{hostname}:{port}: no answer within {deadline:.0f} s")
-    return outcomes
+            rest[key] = Unreachable(f"{hostname}:{port}: no answer within {deadline:.0f} s")
+    yield rest
 
 
 def _try_lock() -> bool:
@@ -181,9 +195,41 @@ def _sweep() -> SweepSummary:
             "server__ssh_port",
         )
     )
-    outcomes = probe_all((i.pk, i.server.hostname, i.port) for i in instances)
-    now = timezone.now()
+    by_pk = {i.pk: i for i in instances}
     summary = SweepSummary(instances=len(instances))
+    started = time.monotonic()
+    outcomes: dict[int, Outcome] = {}
+    # What answered within HEALTH_FIRST_WRITE is written at once; an address that holds a
+    # connection open without answering (a hung server, a data centre cut off) delays
+    # only its own row, written when its probe gives up.
+    for batch in probe_all(
+        ((i.pk, i.server.hostname, i.port) for i in instances), settings.HEALTH_FIRST_WRITE
+    ):
+        outcomes.update(batch)
+        _record([by_pk[pk] for pk in batch], outcomes, summary)
+        if summary.first_write is None:
+            summary.first_write = round(time.monotonic() - started, 3)
+    fenced = [i for i in instances if i.fenced]
+    if fenced:
+        due = due_fences(
+            [i for i in fenced if not isinstance(outcomes[i.pk], Unreachable)],
+            [
+                i
+                for i in fenced
+                if isinstance(outcomes[i.pk], Unreachable) and i.fence_confirmed_at is None
+            ],
+        )
+        if due:
+            queue.create_jobs(JobKind.FENCE, due, origin=JobOrigin.SCHEDULE)
+            summary.fence_jobs = len(due)
+            log.warning("health sweep: fence jobs queued for %s", ", ".join(str(i.pk) for i in due))
+    return summary
+
+
+def _record(instances: list[Instance], outcomes: dict[int, Outcome], summary: SweepSummary) -> None:
+    """Write what the sweep observed of `instances`. A replica's lag is measured against
+    its upstream's answer in this sweep, if it is in already (written first or together)."""
+    now = timezone.now()
     groups: dict[tuple[str, ...], list[Instance]] = {}
     samples: list[HealthSample] = []
     for instance in instances:
@@ -214,22 +260,9 @@ def _sweep() -> SweepSummary:
         groups.setdefault(tuple(sorted(fields)), []).append(instance)
     for names, rows in groups.items():
         _bulk_set(rows, names)
-    summary.samples, summary.samples_pruned = keep_samples(samples, now)
-    fenced = [i for i in instances if i.fenced]
-    if fenced:
-        due = due_fences(
-            [i for i in fenced if not isinstance(outcomes[i.pk], Unreachable)],
-            [
-                i
-                for i in fenced
-                if isinstance(outcomes[i.pk], Unreachable) and i.fence_confirmed_at is None
-            ],
-        )
-        if due:
-            queue.create_jobs(JobKind.FENCE, due, origin=JobOrigin.SCHEDULE)
-            summary.fence_jobs = len(due)
-            log.warning("health sweep: fence jobs queued for %s", ", ".join(str(i.pk) for i in due))
-    return summary
+    kept, pruned = keep_samples(samples, now)
+    summary.samples += kept
+    summary.samples_pruned += pruned
 
 
 def keep_samples(samples: list[HealthSample], now) -> tuple[int, int]:

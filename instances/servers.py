@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -72,26 +76,23 @@ def discover(ctx: JobContext) -> str:
     server: Server = ctx.job.server
     clusters = list_clusters(ctx, server)
     ctx.progress(30)
-    probes: dict[int, probe.ProbeResult | None] = {}
-    for found in clusters:
-        if not found.running:
-            probes[found.port] = None
-            continue
-        with ctx.step(
-            f"probe {found.name} (port {found.port})", f"{server.hostname}:{found.port}"
-        ) as step:
-            try:
-                probes[found.port] = probe.probe(server.hostname, found.port)
-                result = probes[found.port]
-                step.output = (
-                    f"in recovery: {result.in_recovery}; LSN {result.lsn}; "
-                    f"version {result.version_num}"
-                )
-            except probe.ProbeError as exc:
-                # The listing still says what it is; the step shows why SQL failed.
-                probes[found.port] = None
-                step.ok = False
-                step.output = str(exc)
+    probes: dict[int, probe.ProbeResult | None] = {
+        found.port: None for found in clusters if not found.running
+    }
+    running = [found for found in clusters if found.running]
+    for found, (result, error, seconds) in zip(
+        running, probe_each(server.hostname, [f.port for f in running]), strict=True
+    ):
+        probes[found.port] = result
+        ctx.record(
+            f"probe {found.name} (port {found.port})",
+            f"{server.hostname}:{found.port}",
+            ok=result is not None,
+            # When SQL fails the listing still says what it is; the step says why.
+            output=error
+            or f"in recovery: {result.in_recovery}; LSN {result.lsn}; version {result.version_num}",
+            duration=seconds,
+        )
     ctx.progress(60)
     added, changed, same, gone, held = [], [], [], [], []
     with transaction.atomic():
@@ -138,6 +139,31 @@ def discover(ctx: JobContext) -> str:
         f"gone {x} (no cluster on that port any more; row kept, marked offline)" for x in gone
     ]
     return "\n".join(lines)
+
+
+def probe_each(
+    hostname: str, ports: list[int]
+) -> list[tuple[probe.ProbeResult | None, str, float]]:
+    """Probe a server's clusters at once: (result or None, why not, seconds) per port.
+
+    On the kept connections the health sweep uses (same query, same timeouts): probing
+    the 5 clusters of each of 40 servers one after another on new connections (a backend
+    fork and a SCRAM exchange each) made most of a rediscovery (bench_scale_discovery).
+    """
+    timeout = float(settings.PG_PROBE_CONNECT_TIMEOUT)
+
+    def one(port: int) -> tuple[probe.ProbeResult | None, str, float]:
+        started = time.monotonic()
+        try:
+            result = probe.probe(hostname, port, statement_timeout=timeout, keep=True)
+            return result, "", time.monotonic() - started
+        except probe.ProbeError as exc:
+            return None, str(exc), time.monotonic() - started
+
+    if not ports:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(ports))) as pool:
+        return list(pool.map(one, ports))
 
 
 def _herd_for(server: Server, found: discovery.FoundCluster, existing: Instance | None) -> Herd:

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .state import LabError
@@ -138,6 +138,7 @@ def spawn(
     log: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> int:
     """Start a long-running process in its own session, detached, and record its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,7 @@ def spawn(
             start_new_session=True,
             env=env,
             cwd=cwd,
+            preexec_fn=preexec_fn,
         )
     pidfile.write_text(f"{proc.pid}\n")
     return proc.pid

@@ -89,7 +89,7 @@ def reap_lost_jobs(*, this_host_only: bool = False) -> int:
     """Fail running jobs whose worker is gone, so none stays 'running' forever.
 
     A worker on this host whose pid is no longer alive is certainly gone; any other job
-    whose heartbeat is older than JOB_LOST_AFTER is presumed gone (its watcher thread beats
+    whose heartbeat is older than JOB_LOST_AFTER is presumed gone (the heartbeat thread beats
     every JOB_HEARTBEAT seconds while the job runs).
     """
     now = timezone.now()
@@ -320,40 +320,98 @@ def _busy_message(job: Job) -> str:
     )
 
 
-class Watcher(threading.Thread):
-    """Beats the job's heartbeat, turns a cancel request into the cancel event, and ends
-    a job that runs past JOB_TIME_LIMIT the same way (Celery's threads pool does not
-    enforce time limits): its running command is stopped with its channel."""
+@dataclass
+class Beating:
+    """A running job as the heartbeat sees it."""
 
-    def __init__(self, job_id: int, cancel: threading.Event) -> None:
-        super().__init__(name=f"job-{job_id}-watcher", daemon=True)
-        self.job_id = job_id
-        self.cancel = cancel
-        self.stopped = threading.Event()
-        self.timed_out = False
-        self.deadline = time.monotonic() + settings.JOB_TIME_LIMIT
+    job_id: int
+    cancel: threading.Event
+    deadline: float  # time.monotonic() past which JOB_TIME_LIMIT has run out
+    timed_out: bool = False
 
-    def run(self) -> None:
+
+class Heartbeat:
+    """One thread per worker process beats the heartbeat of every job the process runs,
+    turns cancel requests into their cancel events, and ends a job that runs past
+    JOB_TIME_LIMIT the same way (Celery's threads pool does not enforce time limits): its
+    running command is stopped with its channel.
+
+    Every JOB_HEARTBEAT seconds: one UPDATE for all of them and one SELECT of the cancel
+    requests, on one database session. (A thread per job did the same per job: with 16
+    jobs running a third of the worker's metadata sessions and of its statements were
+    heartbeats, bench_scale_restart.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[int, Beating] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._idle = threading.Event()
+
+    def add(self, job_id: int, cancel: threading.Event) -> Beating:
+        beating = Beating(job_id, cancel, time.monotonic() + settings.JOB_TIME_LIMIT)
+        with self._lock:
+            self._jobs[job_id] = beating
+            # A forked child has the dict but not the thread.
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._idle = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._idle,), name="heartbeat", daemon=True
+                )
+                self._thread.start()
+        return beating
+
+    def remove(self, job_id: int) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            if not self._jobs:
+                self._idle.set()
+
+    def _run(self, idle: threading.Event) -> None:
+        # The thread lives while jobs run: an idle one keeps no database session (a test
+        # database could not be dropped under it).
         try:
-            while not self.stopped.wait(min(settings.JOB_HEARTBEAT, settings.JOB_TIME_LIMIT)):
-                if time.monotonic() > self.deadline and not self.cancel.is_set():
-                    self.timed_out = True
-                    self.cancel.set()
-                try:
-                    Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
-                    if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
-                        self.cancel.set()
-                except DB_LOST:
-                    # The metadata database restarted: beat again once it is back (the
-                    # reaper only fails a job whose beat stopped for JOB_LOST_AFTER).
-                    connection.close()
-        except Exception:  # noqa: BLE001 - a lost heartbeat is visible; never crash the job
-            log.exception("job #%s: watcher stopped", self.job_id)
+            while True:
+                idle.wait(min(settings.JOB_HEARTBEAT, settings.JOB_TIME_LIMIT))
+                with self._lock:
+                    jobs = list(self._jobs.values())
+                    if not jobs:
+                        self._thread = None
+                        return
+                    idle.clear()
+                self.beat(jobs)
         finally:
             connection.close()
 
-    def stop(self) -> None:
-        self.stopped.set()
+    def beat(self, jobs: list[Beating]) -> None:
+        now = time.monotonic()
+        for beating in jobs:
+            if now > beating.deadline and not beating.cancel.is_set():
+                beating.timed_out = True
+                beating.cancel.set()
+        ids = [b.job_id for b in jobs]
+        try:
+            Job.objects.filter(pk__in=ids).update(heartbeat_at=timezone.now())
+            cancelled = set(
+                Job.objects.filter(pk__in=ids, cancel_requested=True).values_list("pk", flat=True)
+            )
+        except DB_LOST:
+            # The metadata database restarted: beat again once it is back (the reaper
+            # only fails a job whose beat stopped for JOB_LOST_AFTER).
+            connection.close()
+            return
+        except Exception:  # noqa: BLE001 - a lost heartbeat is visible; never stop beating
+            log.exception("heartbeat of jobs %s", ids)
+            connection.close()
+            return
+        for beating in jobs:
+            if beating.job_id in cancelled:
+                beating.cancel.set()
+
+
+heartbeat = Heartbeat()
 
 
 class JobContext:
@@ -406,11 +464,11 @@ class JobContext:
         finally:
             step.duration = time.monotonic() - started
 
-            def record() -> None:
-                step.save(update_fields=["ok", "output", "duration", "exit_status"])
-                Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
-
-            db_retry(record, "recording a step")
+            # (No heartbeat here: the process's heartbeat thread beats every job.)
+            db_retry(
+                lambda: step.save(update_fields=["ok", "output", "duration", "exit_status"]),
+                "recording a step",
+            )
 
     def check_lock(self, before: str) -> None:
         """Before each step: the session holding the target's locks is still there, or the
@@ -437,6 +495,29 @@ class JobContext:
                 "(a restart?); the lock was taken again before the next step",
                 ok=True,
                 duration=0,
+            ),
+            "recording a step",
+        )
+
+    def record(
+        self, name: str, host: str = "", *, ok: bool, output: str = "", duration: float
+    ) -> None:
+        """A step that was done elsewhere (in another thread, at the same time as others),
+        written once with its outcome and how long it took."""
+        self.check_cancel()
+        self.check_lock(name)
+        self._seq += 1
+        started = timezone.now() - timedelta(seconds=duration)
+        db_retry(
+            lambda: JobStep.objects.create(
+                job=self.job,
+                seq=self._seq,
+                name=name[:255],
+                host=host[:255],
+                ok=ok,
+                output=_tail(output),
+                started_at=started,
+                duration=duration,
             ),
             "recording a step",
         )
@@ -544,8 +625,8 @@ def execute(job_id: int, task_id: str = "") -> str:
 
     1. claim it (queued → running); if another worker has it, or it was cancelled, stop;
     2. take the lock(s) on its target, waiting a bounded time;
-    3. run its operation with a context that records each step; a watcher thread beats
-       the heartbeat and relays cancel requests;
+    3. run its operation with a context that records each step; the process's heartbeat
+       thread beats its heartbeat and relays cancel requests and the time limit;
     4. end it: succeeded with a summary, failed with a one-line reason (an expected
        refusal), errored (an unexpected exception: a bug; its traceback is kept), or
        cancelled.
@@ -564,8 +645,7 @@ def execute(job_id: int, task_id: str = "") -> str:
         return Job.objects.get(pk=job_id).state
     job = Job.objects.with_related().get(pk=job_id)
     cancel = threading.Event()
-    watcher = Watcher(job_id, cancel)
-    watcher.start()
+    beating = heartbeat.add(job_id, cancel)
     lock = None
     ctx: JobContext | None = None
     state, summary, error, trace = JobState.FAILED, "", "", ""
@@ -584,7 +664,7 @@ def execute(job_id: int, task_id: str = "") -> str:
         leaves = (ctx.leaves if ctx else "") or (
             "it stopped before its next step; check the target, then retry if needed"
         )
-        if watcher.timed_out:
+        if beating.timed_out:
             error = (
                 f"ran past the time limit of {settings.JOB_TIME_LIMIT:.0f} s "
                 f"(ELEPHAAS_JOB_TIME_LIMIT) and was stopped, its command with it: {leaves}"
@@ -613,7 +693,7 @@ def execute(job_id: int, task_id: str = "") -> str:
         trace = traceback.format_exc()
         log.exception("job #%s", job_id)
     finally:
-        watcher.stop()
+        heartbeat.remove(job_id)
         if lock:
             lock.release()
     db_retry(
@@ -627,7 +707,6 @@ def execute(job_id: int, task_id: str = "") -> str:
         ),
         "ending the job",
     )
-    watcher.join(timeout=5)
     # Before the campaign advances: a site drill's end follows its last drill's.
     record_end(job, state, error or (summary.splitlines()[0] if summary else ""))
     advance_campaign_of(job_id)

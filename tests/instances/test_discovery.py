@@ -45,6 +45,14 @@ def test_it_reads_pg_lsclusters_json():
     assert (found[1].running, found[1].in_recovery, found[1].upstream) == (False, False, None)
 
 
+def test_it_ignores_the_primary_conninfo_a_promoted_primary_kept():
+    promoted = {**LSCLUSTERS[0], "recovery": 0}
+    [found] = discovery.parse_lsclusters_json(json.dumps([promoted]))
+    assert found.primary_conninfo and found.upstream is None
+    unknown = discovery.FoundCluster(15, "x", 5432, "/d", True, None, "host=db1 port=5433")
+    assert unknown.upstream == ("db1", 5433)  # the listing could not tell: as configured
+
+
 @pytest.mark.parametrize("text", ["{", '{"a": 1}', '[{"cluster": "x"}]'])
 def test_it_rejects_unexpected_json(text):
     with pytest.raises(discovery.DiscoveryParseError):

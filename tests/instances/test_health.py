@@ -209,7 +209,8 @@ def test_it_shows_upstream_gone_when_the_primary_stops(celery_worker, inventory)
 
 def test_it_does_not_let_unreachable_servers_delay_the_sweep(celery_worker, inventory):
     """One address refuses, one accepts TCP and never answers: each costs at most the
-    probe timeout, in parallel with the rest."""
+    probe timeout, in parallel with the rest; what answered is written without waiting
+    for the silent one (HEALTH_FIRST_WRITE)."""
     herd = inventory["srv1"].herd
     environment = herd.environment
     refused = Instance.objects.create(
@@ -241,6 +242,15 @@ def test_it_does_not_let_unreachable_servers_delay_the_sweep(celery_worker, inve
     assert silent.online is False and "127.0.1.251" in silent.last_error
     assert "timeout" in silent.last_error.lower()
     assert silent.state_changed_at is not None  # recorded online, now not answering
+    # The answering ones (and the refused one, which failed at once) were written after
+    # HEALTH_FIRST_WRITE, in one batch; the silent one when its probe gave up.
+    assert settings.HEALTH_FIRST_WRITE <= summary["first_write"] < settings.HEALTH_FIRST_WRITE + 2
+    assert summary["seconds"] >= timeout
+    written = fresh(inventory["srv1"]).last_checked
+    assert refused.last_checked == written
+    assert (
+        silent.last_checked - written
+    ).total_seconds() >= timeout - settings.HEALTH_FIRST_WRITE - 1
     for key in ("srv1", "srv2", "srv3"):
         instance = fresh(inventory[key])
-        assert instance.online is True and instance.last_checked == silent.last_checked
+        assert instance.online is True and instance.last_checked == written

@@ -6,9 +6,11 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from instances.jobs import queue, registry, runner
 from instances.models import Job, JobKind, JobOrigin, JobState
@@ -241,3 +243,30 @@ def test_urgent_commands_never_wait_for_a_server_slot(server, settings):
     finally:
         for _ in range(taken):
             slot.release()
+
+
+def test_it_beats_every_running_job_from_one_thread_and_relays_cancels(server, settings):
+    """One heartbeat thread per process beats all its running jobs and relays cancel
+    requests; with no job left it ends, keeping no database session."""
+    jobs = queue.create_jobs(JobKind.CHECK_SERVER, [server] * 3, queue=False)
+    for job in jobs:
+        assert runner.claim(job.pk, "beat-test")
+    long_ago = timezone.now() - timedelta(hours=1)
+    Job.objects.filter(pk__in=[j.pk for j in jobs]).update(heartbeat_at=long_ago)
+    Job.objects.filter(pk=jobs[1].pk).update(cancel_requested=True)
+    events = [threading.Event() for _ in jobs]
+    try:
+        for job, event in zip(jobs, events, strict=True):
+            runner.heartbeat.add(job.pk, event)
+        assert events[1].wait(5 * settings.JOB_HEARTBEAT + 2), "the cancel was not relayed"
+        beats = Job.objects.filter(pk__in=[j.pk for j in jobs]).values_list("heartbeat_at")
+        assert all(beat > long_ago for (beat,) in beats)
+        assert not events[0].is_set() and not events[2].is_set()
+        assert [t.name for t in threading.enumerate()].count("heartbeat") == 1
+    finally:
+        for job in jobs:
+            runner.heartbeat.remove(job.pk)
+    deadline = time.monotonic() + 5 * settings.JOB_HEARTBEAT + 2
+    while "heartbeat" in [t.name for t in threading.enumerate()]:
+        assert time.monotonic() < deadline, "the idle heartbeat thread did not end"
+        time.sleep(0.05)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from herds.models import Herd
+from instances import servers
 from instances.choices import Role
 from instances.jobs import queue
 from instances.models import Instance, JobKind, JobState
+from lab import fleet
 from lab import herd as lab_herd
 from tests.factories import make_environment
 from tests.helpers import add_lab_server, wait_for_job
@@ -94,3 +96,42 @@ def test_it_fails_discovery_of_an_unreachable_server_clearly(celery_worker, lab_
     assert job.error.startswith("127.0.1.250")
     assert "refused" in job.error
     assert Instance.objects.count() == 0
+
+
+@pytest.fixture
+def neighbour(lab_servers):
+    """A second cluster on srv1, beside discherd's primary."""
+    lab_herd.drop("discpair")
+    info = lab_herd.create("discpair", primary=1, replicas=[], port=PORT + 1)
+    yield info
+    lab_herd.drop("discpair")
+
+
+def _kept_sessions(port: int) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'elephaas-health'"
+    return int(fleet.psql(fleet.server_ns(1), port, sql))
+
+
+def test_it_probes_a_servers_clusters_at_once_on_kept_connections(discherd, neighbour):
+    first = servers.probe_each("127.0.1.1", [PORT, PORT + 1, 1])
+    assert [result is not None for result, _, _ in first] == [True, True, False]
+    assert first[1][0].in_recovery is False
+    assert "127.0.1.1" in first[2][1] and first[2][2] < 5  # refused at once, said why
+    kept = [_kept_sessions(PORT), _kept_sessions(PORT + 1)]
+    assert min(kept) >= 1
+    again = servers.probe_each("127.0.1.1", [PORT, PORT + 1])
+    assert all(result is not None for result, _, _ in again)
+    # The second look reused the connections the first kept: no new session.
+    assert [_kept_sessions(PORT), _kept_sessions(PORT + 1)] == kept
+
+
+def test_it_records_each_probe_of_a_discovery_as_a_step(celery_worker, lab_servers, neighbour):
+    server = add_lab_server(lab_servers[0], make_environment("prod"))
+    [job] = _discover([server])
+    assert job.state == JobState.SUCCEEDED, job.error
+    probes = list(job.steps.filter(name__startswith="probe discpair"))
+    assert len(probes) == 1 and probes[0].ok and probes[0].duration > 0
+    assert probes[0].output.startswith("in recovery: False; LSN ")
+    assert probes[0].host == f"127.0.1.1:{PORT + 1}"
+    seqs = list(job.steps.values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
