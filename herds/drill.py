@@ -138,12 +138,18 @@ def promote(
     drill.promoted_lsn, drill.data_lost_bytes = promoted_lsn or lsn, lost
     drill.data_lost_exact = lost_exact
     drill.save(update_fields=["writable_at", "promoted_lsn", "data_lost_bytes", "data_lost_exact"])
+    try:
+        # After the write gap: the picture shows the new timeline at once.
+        timeline = probe.current_timeline(new.server.hostname, new.port)
+    except probe.ProbeError:
+        timeline = None
     Instance.objects.filter(pk=new.pk).update(
         role=Role.PRIMARY,
         upstream=None,
         streams_from="",
         online=True,
         last_lsn=lsn,
+        timeline=timeline,
         state_changed_at=timezone.now(),
     )
     return lsn

@@ -243,6 +243,17 @@ def check_writable(hostname: str, port: int) -> str:
     return row[1]
 
 
+def current_timeline(hostname: str, port: int) -> int:
+    """The timeline a primary writes on, from its current WAL file's name (right from the
+    promotion on: pg_control_checkpoint() shows the new one only after a checkpoint)."""
+    row = _run(
+        hostname,
+        port,
+        "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint",
+    )
+    return int(row[0])
+
+
 def set_primary_conninfo(hostname: str, port: int, conninfo: str) -> None:
     """Point a running replica at another upstream (PostgreSQL 13+: a reload suffices).
     The conninfo carries no password: the walreceiver reads ~postgres/.pgpass."""

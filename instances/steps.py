@@ -105,6 +105,9 @@ def record(instance: Instance, result: probe.ProbeResult | None, error: str = ""
             replay_lsn=result.replay_lsn or "",
             pending_restart=(result.pending_restart or "")[:500],
         )
+        if result.timeline is not None:
+            # A promotion's new timeline shows at once, not at the next health sweep.
+            fields["timeline"] = result.timeline
         if fields["pending_restart"] != instance.pending_restart:
             # A restart applied (or a change now waits for) settings: gather them at the
             # next round rather than show the old ones for SETTINGS_INTERVAL.

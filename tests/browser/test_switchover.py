@@ -78,6 +78,9 @@ def test_a_dba_switches_a_herd_over_and_sees_the_new_primary(page, browse, celer
     page.shot("herd topology after the switchover")
     node = picture.find_element(By.CSS_SELECTOR, f'g.node[data-key="{new.pk}"]')
     assert "PRIMARY" in node.text and new.server.hostname in node.text
+    # The promotion's new timeline, recorded by the job itself (no sweep ran here).
+    new.refresh_from_db()
+    assert new.timeline and new.timeline >= 2 and f"timeline {new.timeline}" in node.text
     edge = picture.find_elements(
         By.CSS_SELECTOR, f'g.edge[data-source="{new.pk}"][data-target="{old.pk}"]'
     )
