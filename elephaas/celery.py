@@ -16,4 +16,11 @@ def ping(payload: str) -> dict:
     """Round trip through the broker and a worker; used by the lab's health check and tests."""
     import socket
 
-    return {"payload": payload, "worker_pid": os.getpid(), "hostname": socket.gethostname()}
+    from instances.jobs.runner import worker_id
+
+    return {
+        "payload": payload,
+        "worker_pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "worker_id": worker_id(),
+    }

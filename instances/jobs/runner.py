@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import (
@@ -59,8 +60,32 @@ def server_slot(hostname: str) -> Iterator[None]:
         yield
 
 
+def worker_host() -> str:
+    """This worker's host as the reaper must tell it apart: its hostname, then its boot
+    (two machines, or one machine rebooted, never share it) and its PID namespace (two
+    controllers in containers on one machine share the boot and may share the hostname,
+    but a pid means something only inside its own namespace)."""
+    return f"{socket.gethostname()}/{_boot_id()[:8]}.{_pid_namespace()}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+    except OSError:
+        return "noboot"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "nons"
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host/boot.pidns:pid`: the reaper fails a job at once only when its worker's host
+    is this one and its pid is gone (reap_lost_jobs)."""
+    return f"{worker_host()}:{os.getpid()}"
 
 
 DB_LOST = (OperationalError, InterfaceError)
@@ -88,19 +113,19 @@ def db_retry(func, what: str):
 def reap_lost_jobs(*, this_host_only: bool = False) -> int:
     """Fail running jobs whose worker is gone, so none stays 'running' forever.
 
-    A worker on this host whose pid is no longer alive is certainly gone; any other job
-    whose heartbeat is older than JOB_LOST_AFTER is presumed gone (the heartbeat thread beats
-    every JOB_HEARTBEAT seconds while the job runs).
-    """
+    A worker on this host (the same boot and PID namespace: worker_host) whose pid is no
+    longer alive is certainly gone; any other job whose heartbeat is older than
+    JOB_LOST_AFTER is presumed gone (the heartbeat thread beats every JOB_HEARTBEAT seconds
+    while the job runs)."""
     now = timezone.now()
-    host = socket.gethostname()
+    host = worker_host()
     reaped = 0
     running = Job.objects.filter(state=JobState.RUNNING).only(
         "pk", "worker", "heartbeat_at", "kind", "target_label", "requested_by_name"
     )
     for job in running:
-        worker_host, _, pid = job.worker.partition(":")
-        dead = worker_host == host and pid.isdigit() and not _pid_alive(int(pid))
+        ran_on, _, pid = job.worker.rpartition(":")
+        dead = ran_on == host and pid.isdigit() and not _pid_alive(int(pid))
         stale = job.heartbeat_at and now - job.heartbeat_at > timedelta(
             seconds=settings.JOB_LOST_AFTER
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -210,6 +213,51 @@ def test_it_fails_a_job_whose_worker_was_killed_mid_job(server, lone_worker):
     assert job.state == JobState.FAILED
     assert job.error.startswith(f"the worker {job.worker} exited")
     assert "check it, then retry" in job.error
+
+
+def test_it_tells_a_worker_in_another_pid_namespace_from_its_own_by_more_than_a_pid(server):
+    """Two controllers in containers on one machine may share a hostname; a pid means
+    something only in its PID namespace. A job of the other's must not be failed as
+    'exited' because its pid is not alive here: only its heartbeat going stale says so."""
+    from django.conf import settings
+
+    script = (
+        "import django; django.setup(); "
+        "from instances.jobs.runner import worker_id; print(worker_id())"
+    )
+    other = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+        env=dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    here = runner.worker_id()
+    assert other.split("/")[0] == here.split("/")[0] == socket.gethostname()
+    assert other.rpartition(":")[0] != runner.worker_host() == here.rpartition(":")[0]
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid nothing here runs under any more
+    jobs = queue.create_jobs(JobKind.CHECK_SERVER, [server, server], queue=False)
+    now = timezone.now()
+    for job, host in zip(jobs, [other.rpartition(":")[0], runner.worker_host()], strict=True):
+        Job.objects.filter(pk=job.pk).update(
+            state=JobState.RUNNING, worker=f"{host}:{gone.pid}", started_at=now, heartbeat_at=now
+        )
+    theirs, ours = jobs
+    assert runner.reap_lost_jobs() == 1
+    theirs.refresh_from_db(), ours.refresh_from_db()
+    assert ours.state == JobState.FAILED and ours.error.startswith(
+        f"the worker {ours.worker} exited"
+    )
+    assert theirs.state == JobState.RUNNING  # its heartbeat is fresh: the other one runs it
+    Job.objects.filter(pk=theirs.pk).update(
+        heartbeat_at=now - timedelta(seconds=settings.JOB_LOST_AFTER + 1)
+    )
+    assert runner.reap_lost_jobs() == 1
+    theirs.refresh_from_db()
+    assert theirs.state == JobState.FAILED
+    assert theirs.error.startswith(f"the worker {theirs.worker} stopped answering")
 
 
 def test_urgent_commands_never_wait_for_a_server_slot(server, settings):
