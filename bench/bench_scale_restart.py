@@ -126,16 +126,25 @@ def by_hand(instances: list[Instance], master=None) -> float:
 
 
 def where_time_went(jobs) -> str:
+    """Queue wait, job time, each step's median, and what is left of a job's time outside
+    its steps (claim, lock, loading, the end's writes)."""
     waits = [(j.started_at - j.created_at).total_seconds() for j in jobs]
-    runs = [(j.finished_at - j.started_at).total_seconds() for j in jobs]
+    runs = {j.pk: (j.finished_at - j.started_at).total_seconds() for j in jobs}
     steps = list(JobStep.objects.filter(job__in=jobs))
-    restart = [s.duration for s in steps if s.name.startswith("restart")]
-    waiting = [s.duration for s in steps if s.name.startswith("wait until")]
+    by_name: dict[str, list[float]] = {}
+    in_steps = dict.fromkeys(runs, 0.0)
+    for step in steps:
+        by_name.setdefault(step.name.split(" (")[0], []).append(step.duration or 0)
+        in_steps[step.job_id] += step.duration or 0
+    each = "; ".join(
+        f"{name} median {statistics.median(d):.2f} s" for name, d in sorted(by_name.items())
+    )
+    outside = [runs[pk] - in_steps[pk] for pk in runs]
     return (
         f"queue wait median {statistics.median(waits):.2f} s max {max(waits):.2f} s; "
-        f"job median {statistics.median(runs):.2f} s max {max(runs):.2f} s; restart "
-        f"command median {statistics.median(restart):.2f} s; wait until accepting median "
-        f"{statistics.median(waiting):.2f} s; ran on: {by_controller(jobs)}"
+        f"job median {statistics.median(runs.values()):.2f} s max {max(runs.values()):.2f} s; "
+        f"{each}; outside its steps median {statistics.median(outside):.2f} s; "
+        f"ran on: {by_controller(jobs)}"
     )
 
 

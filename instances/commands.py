@@ -608,6 +608,27 @@ def postmaster_zombie(data_dir: str) -> list[str]:
     return _sh(_POSTMASTER_ZOMBIE, data_dir)
 
 
+# An action's command run only when no fence marker is beside the data directory: the
+# check and the action are one command, so no fence lands between them, and a bulk
+# action costs one command per instance, not two.
+FENCED_EXIT = 97
+FENCED_SAYS = "elephaas: fenced:"
+_UNLESS_FENCED = r"""
+marker="$1"; shift
+if [ -e "$marker" ]; then
+  said=$(head -c 200 "$marker" 2>/dev/null | tr -d '\n')
+  printf 'elephaas: fenced: %s (%s)\n' "$said" "$marker" >&2
+  exit 97
+fi
+exec "$@"
+"""
+
+
+def unless_fenced(marker: str, argv: Sequence[str]) -> list[str]:
+    """`argv`, run only when `marker` does not exist (else exit FENCED_EXIT, saying so)."""
+    return _sh(_UNLESS_FENCED, marker, *argv)
+
+
 def fence(marker: str, job: int, start_conf: str | None) -> list[str]:
     return _sh(_FENCE, marker, str(int(job)), start_conf or "")
 

@@ -17,9 +17,12 @@ from instances.models import Instance
 from instances.steps import cluster_state, command_for, record, try_probe, wait_for, wait_until
 
 
-def refuse_if_unsafe(ctx: JobContext, instance: Instance, action: str) -> None:
+def refuse_if_unsafe(
+    ctx: JobContext, instance: Instance, action: str, *, on_disk: bool = True
+) -> None:
     """Refused: a rebuild has not finished, or it is fenced, in the inventory or on its
-    server (the fence marker a failover left there)."""
+    server (the fence marker a failover left there; `on_disk=False` when the action's own
+    command checks the marker: steps.ssh_unless_fenced)."""
     if instance.rebuild_job is not None:
         raise JobFailed(f"refusing to {action} it: {instance.unfinished_rebuild}")
     if instance.fenced:
@@ -27,7 +30,8 @@ def refuse_if_unsafe(ctx: JobContext, instance: Instance, action: str) -> None:
             f"{instance.label} is fenced (an old primary after a failover): refusing to "
             f"{action} it; rebuild it as a replica first, or clear the flag if you are sure"
         )
-    steps.refuse_if_fenced_on_disk(ctx, instance, action)
+    if on_disk:
+        steps.refuse_if_fenced_on_disk(ctx, instance, action)
 
 
 def is_running(ctx: JobContext, instance: Instance) -> bool:
@@ -102,13 +106,16 @@ def stop(ctx: JobContext) -> str:
 @operation(JobKind.RESTART)
 def restart(ctx: JobContext) -> str:
     instance = ctx.job.instance
-    refuse_if_unsafe(ctx, instance, "restart")
+    refuse_if_unsafe(ctx, instance, "restart", on_disk=False)
     mode = ctx.job.params.get("mode", "fast")
     if mode not in commands.STOP_MODES:
         raise JobFailed(f"stop mode {mode!r} is not one of {', '.join(commands.STOP_MODES)}")
     if mode == "smart":
         end_own_sessions(ctx, instance)
-    ctx.ssh(instance.server, command_for("restart", instance, mode=mode), f"restart ({mode})")
+    # The fence marker is checked by the restart command itself (one command, no gap).
+    steps.ssh_unless_fenced(
+        ctx, instance, command_for("restart", instance, mode=mode), f"restart ({mode})", "restart"
+    )
     result = wait_for(ctx, instance, "accepting connections", lambda r, e: r is not None)
     record(instance, result)
     return f"{instance.label} restarted: accepting connections as {_role_word(result)}"

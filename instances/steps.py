@@ -358,6 +358,28 @@ def refuse_if_fenced_on_disk(ctx: JobContext, instance: Instance, action: str) -
         )
 
 
+def ssh_unless_fenced(
+    ctx: JobContext, instance: Instance, argv: list[str], name: str, action: str
+) -> None:
+    """Run an action's command on the instance's server unless the fence marker is beside
+    its data directory (refuse_if_fenced_on_disk and the command in one: nothing can fence
+    it in between, and it costs one command)."""
+    try:
+        ctx.ssh(instance.server, commands.unless_fenced(fence_marker(instance), argv), name)
+    except JobFailed as exc:
+        cause = exc.__cause__
+        said = getattr(cause, "stderr_tail", "") or ""
+        if getattr(cause, "exit_status", None) != commands.FENCED_EXIT or (
+            commands.FENCED_SAYS not in said
+        ):
+            raise
+        found = said.split(commands.FENCED_SAYS, 1)[1].strip().splitlines()[0]
+        raise JobFailed(
+            f"{instance.label} is fenced on its server ({found}): refusing to {action} it; "
+            "rebuild it as a replica, which lifts the fence"
+        ) from None
+
+
 def fence_on_server(ctx: JobContext, instance: Instance) -> ClusterState:
     """Stop it (immediate) if it runs, keep it from starting (fence marker, start.conf
     manual) and record the fence as confirmed. Returns the state it was found in. Raises

@@ -521,6 +521,19 @@ def test_a_fence_marks_the_data_directory_and_holds_start_conf_until_lifted(
     assert run(commands.unfence(str(marker))).returncode == 0 and not marker.exists()
 
 
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_an_action_guarded_by_the_fence_runs_only_while_no_marker_is_there(tmp_path, name):
+    marker = tmp_path / f"{name}.elephaas-fenced"
+    action = ["printf", "%s|", name, "$(id)", "-m fast"]
+    done = run(commands.unless_fenced(str(marker), action), cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"{name}|$(id)|-m fast|")
+    assert run(commands.fence(str(marker), 42, None), cwd=tmp_path).returncode == 0
+    done = run(commands.unless_fenced(str(marker), action), cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (commands.FENCED_EXIT, "")  # not run
+    assert done.stderr == f"{commands.FENCED_SAYS} fenced: job 42 ({marker})\n"
+    assert not (tmp_path / "owned").exists()
+
+
 def test_a_wal_salvage_copies_only_the_named_segments(tmp_path):
     source, target = tmp_path / "old wal", tmp_path / "new wal"
     source.mkdir()

@@ -9,6 +9,7 @@ from instances import probe
 from instances.choices import Role
 from instances.jobs import queue, runner
 from instances.models import Instance, Job, JobKind, JobState
+from lab import fleet
 from lab import herd as lab_herd
 from tests.factories import make_environment, make_herd, make_instance, make_server
 from tests.helpers import add_lab_server, wait_for_job
@@ -147,6 +148,37 @@ def test_it_refuses_to_start_a_fenced_instance(celery_worker, acts):
     [job] = run(JobKind.RESTART, [replica])
     assert job.state == JobState.FAILED
     assert "is fenced" in job.error and job.steps.count() == 0
+
+
+def test_a_restart_checks_the_fence_marker_in_its_own_command(celery_worker, acts):
+    """The inventory's flag was cleared by hand, the marker a failover left is still
+    there: the restart command itself refuses (one command: nothing can fence it between
+    a check and the restart), and the instance was not restarted."""
+    _primary, replica, _servers = acts
+    version = str(replica.effective_pg_version)
+    marker = fleet.server_ns(2).folder / "lib" / version / "acts.elephaas-fenced"
+    marker.write_text("fenced: job 7\n")
+    try:
+        before = _start_time(replica)
+        [job] = run(JobKind.RESTART, [replica], mode="fast")
+        assert job.state == JobState.FAILED
+        assert job.error == (
+            f"acts on 127.0.1.2:{PORT} is fenced on its server (fenced: job 7 "
+            f"(/var/lib/postgresql/{version}/acts.elephaas-fenced)): "
+            "refusing to restart it; rebuild it as a replica, which lifts the fence"
+        )
+        [step] = job.steps.all()
+        assert step.name == "restart (fast)" and step.exit_status == 97 and not step.ok
+        assert _start_time(replica) == before
+    finally:
+        marker.unlink()
+    [job] = run(JobKind.RESTART, [replica], mode="fast")
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert [s.name for s in job.steps.all()] == [
+        "restart (fast)",
+        "wait until accepting connections",
+    ]
+    assert _start_time(replica) > before
 
 
 def test_it_confirms_exactly_the_selected_instances_then_queues_their_jobs(admin_client):

@@ -233,7 +233,7 @@ def test_it_recovers_a_job_whose_worker_was_killed_mid_command(workers, instance
     assert time.monotonic() - killed_at >= settings.JOB_LOST_AFTER - 1
     assert job.state == JobState.FAILED
     assert job.error == (
-        f"the worker {workers['b']['id']} stopped answering during step 2 (restart (fast)); "
+        f"the worker {workers['b']['id']} stopped answering during step 1 (restart (fast)); "
         "the target may be half-changed: check it, then retry"
     )
     [cleanup] = job.steps.filter(name="after it was lost: end what it left running")
