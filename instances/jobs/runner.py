@@ -696,18 +696,59 @@ def _tail(text: str) -> str:
     return text if len(text) <= OUTPUT_TAIL_CHARS else "…" + text[-OUTPUT_TAIL_CHARS:]
 
 
+# Jobs a thread of this process is claiming or running: a second delivery of one of them
+# to this process is refused here, so that a claim retried after its answer was lost can
+# tell its own committed UPDATE from another thread's.
+_in_hand_lock = threading.Lock()
+_in_hand: set[int] = set()
+
+
 def claim(job_id: int, task_id: str) -> bool:
-    return bool(
-        Job.objects.filter(
-            pk=job_id, state=JobState.QUEUED, cancel_requested=False, held=False
-        ).update(
-            state=JobState.RUNNING,
-            started_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-            task_id=task_id,
-            worker=worker_id(),
+    """queued → running for this worker, once. The metadata database may not answer (a
+    restart, a connection that timed out under load): tried again for METADATA_RETRY
+    seconds, so that a delivered job is not dropped until the outbox's resend."""
+    with _in_hand_lock:
+        if job_id in _in_hand:
+            return False
+        _in_hand.add(job_id)
+    me = worker_id()
+    tried = False
+
+    def attempt() -> bool:
+        nonlocal tried
+        if (
+            tried
+            and Job.objects.filter(
+                pk=job_id, state=JobState.RUNNING, worker=me, task_id=task_id
+            ).exists()
+        ):
+            return True  # the earlier attempt's UPDATE committed, its answer was lost
+        tried = True
+        return bool(
+            Job.objects.filter(
+                pk=job_id, state=JobState.QUEUED, cancel_requested=False, held=False
+            ).update(
+                state=JobState.RUNNING,
+                started_at=timezone.now(),
+                heartbeat_at=timezone.now(),
+                task_id=task_id,
+                worker=me,
+            )
         )
-    )
+
+    try:
+        claimed = db_retry(attempt, "claiming the job")
+    except BaseException:
+        _let_go(job_id)
+        raise
+    if not claimed:
+        _let_go(job_id)
+    return claimed
+
+
+def _let_go(job_id: int) -> None:
+    with _in_hand_lock:
+        _in_hand.discard(job_id)
 
 
 def execute(job_id: int, task_id: str = "") -> str:
@@ -724,7 +765,7 @@ def execute(job_id: int, task_id: str = "") -> str:
     close_old_connections()
 
     if not claim(job_id, task_id):
-        job = Job.objects.filter(pk=job_id).first()
+        job = db_retry(lambda: Job.objects.filter(pk=job_id).first(), "reading the job")
         if job is None:
             log.warning("job #%s does not exist", job_id)
             return "missing"
@@ -733,7 +774,14 @@ def execute(job_id: int, task_id: str = "") -> str:
             reap_lost_jobs(this_host_only=True)
         log.info("job #%s not claimed: it is %s", job_id, job.state)
         return Job.objects.get(pk=job_id).state
-    job = Job.objects.with_related().get(pk=job_id)
+    try:
+        return _run_claimed(job_id)
+    finally:
+        _let_go(job_id)
+
+
+def _run_claimed(job_id: int) -> str:
+    job = db_retry(lambda: Job.objects.with_related().get(pk=job_id), "loading the job")
     cancel = threading.Event()
     beating = heartbeat.add(job_id, cancel)
     lock = None

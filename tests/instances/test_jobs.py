@@ -46,6 +46,10 @@ def test_it_claims_a_job_exactly_once_under_a_race(server):
     assert sorted(results) == [False] * 7 + [True]
     job.refresh_from_db()
     assert job.state == JobState.RUNNING
+    # Threads of one process are refused before the database (the job is in hand); a
+    # worker of another process meets the conditional UPDATE, which finds it running.
+    runner._let_go(job.pk)
+    assert runner.claim(job.pk, "task") is False
     assert job.worker == runner.worker_id()
 
 

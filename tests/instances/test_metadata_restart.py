@@ -191,3 +191,30 @@ def test_a_job_whose_lock_session_died_takes_it_again(lab, settings):
     finally:
         other.close()
         lock.release()
+
+
+def test_a_job_delivered_while_the_metadata_database_is_down_runs_once_it_is_back(
+    celery_worker, lab_servers, settings
+):
+    """The worker gets a job while the metadata database does not answer (here stopped;
+    on a loaded controller, a connection that timed out): it claims it once the database
+    is back, instead of dropping the delivery and leaving the job queued until the
+    outbox's resend (OUTBOX_RESEND, 2 minutes)."""
+    from instances.tasks import run_job
+    from tests.factories import make_environment
+    from tests.helpers import add_lab_server
+
+    server = add_lab_server(lab_servers[0], make_environment("prod"))
+    [job] = queue.create_jobs(JobKind.CHECK_SERVER, [server], queue=False)
+    meta = fleet.meta_ns()
+    meta.run(["pg_ctlcluster", fleet.pg_version(), "meta", "stop", "-m", "fast"])
+    try:
+        sent = time.monotonic()
+        run_job.apply_async(args=[job.pk], task_id=job.task_id)
+        time.sleep(3)  # the worker has it, and cannot claim it
+    finally:
+        meta.run(["pg_ctlcluster", fleet.pg_version(), "meta", "start"])
+    job = wait_state(job, JobState.terminal(), timeout=60)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert time.monotonic() - sent < settings.OUTBOX_RESEND / 4
+    assert job.started_at is not None and job.steps.count() == 1  # run once
