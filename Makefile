@@ -62,7 +62,7 @@ bench: venv
 # The scale lab (40 servers, 200 instances, two controllers) beside the default one, its
 # benchmarks, and the two that measure any fleet (health sweeps, admin pages); then down.
 bench-scale: venv
-	nice -n 19 $(PY) -m lab up --profile scale
+	$(PY) -m lab up --profile scale
 	rc=0; for b in bench/bench_scale_*.py bench/bench_health.py bench/bench_admin_list.py; do \
 		echo "== $$b"; LAB_DIR=.lab-scale $(PY) $$b || rc=1; done; \
 	LAB_DIR=.lab-scale $(PY) -m lab down; exit $$rc

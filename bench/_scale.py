@@ -39,8 +39,8 @@ def require_scale_lab(min_servers: int = 40) -> list:
     servers = state.servers()
     if not state.is_up() or len(servers) < min_servers:
         sys.exit(
-            f"bench: needs the scale lab with {min_servers} servers (nice -n 19 python -m lab "
-            f"up --profile scale, then LAB_DIR=.lab-scale); {state.LAB_DIR} has "
+            f"bench: needs the scale lab with {min_servers} servers (python -m lab up "
+            f"--profile scale, then LAB_DIR=.lab-scale); {state.LAB_DIR} has "
             f"{len(servers)} server(s), {'up' if state.is_up() else 'down'}"
         )
     return servers

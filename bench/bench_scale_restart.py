@@ -129,6 +129,8 @@ def where_time_went(jobs) -> str:
     """Queue wait, job time, each step's median, and what is left of a job's time outside
     its steps (claim, lock, loading, the end's writes)."""
     waits = [(j.started_at - j.created_at).total_seconds() for j in jobs]
+    handed = [(j.sent_at - j.created_at).total_seconds() for j in jobs if j.sent_at]
+    taken = [(j.started_at - j.sent_at).total_seconds() for j in jobs if j.sent_at]
     runs = {j.pk: (j.finished_at - j.started_at).total_seconds() for j in jobs}
     steps = list(JobStep.objects.filter(job__in=jobs))
     by_name: dict[str, list[float]] = {}
@@ -141,8 +143,9 @@ def where_time_went(jobs) -> str:
     )
     outside = [runs[pk] - in_steps[pk] for pk in runs]
     return (
-        f"queue wait median {statistics.median(waits):.2f} s max {max(waits):.2f} s; "
-        f"job median {statistics.median(runs.values()):.2f} s max {max(runs.values()):.2f} s; "
+        f"queue wait median {statistics.median(waits):.2f} s max {max(waits):.2f} s (handed "
+        f"to the broker by max {max(handed):.2f} s, then claimed within max {max(taken):.2f} "
+        f"s); job median {statistics.median(runs.values()):.2f} s max {max(runs.values()):.2f} s; "
         f"{each}; outside its steps median {statistics.median(outside):.2f} s; "
         f"ran on: {by_controller(jobs)}"
     )

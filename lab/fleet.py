@@ -544,6 +544,23 @@ def boot_clusters(number: int) -> None:
                 say(f"srv{number}: {version}/{name} did not start: {exc}")
 
 
+def settle_fleet_priority(numbers: list[int]) -> int:
+    """Every process of these servers (sshd, hence whatever it starts later, and the
+    clusters `up` started) at PROFILE.fleet_nice; returns how many were changed."""
+    if not PROFILE.fleet_nice:
+        return 0
+    changed = 0
+    for number in numbers:
+        for pid in server_ns(number).leftover_pids():
+            try:
+                if os.getpriority(os.PRIO_PROCESS, pid) < PROFILE.fleet_nice:
+                    os.setpriority(os.PRIO_PROCESS, pid, PROFILE.fleet_nice)
+                    changed += 1
+            except (ProcessLookupError, PermissionError):
+                pass  # gone meanwhile
+    return changed
+
+
 def crash_server(number: int) -> list[int]:
     """Simulate a server dying: SIGKILL every process in its namespace (sshd, its sessions,
     every postmaster) except the holder, so that established connections drop too."""
@@ -1053,6 +1070,7 @@ def up(servers: int | None = None, worker: bool = True, jobs: int = 4) -> None:
 
         seconds = scale.build(max(numbers), jobs)
         say(f"scale fleet: {len(scale.layout(max(numbers)))} herds, built in {seconds:.1f}s")
+    settle_fleet_priority(numbers)
     if worker:
         restart_worker()
         restart_beat()

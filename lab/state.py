@@ -46,6 +46,12 @@ class Profile:
     # The metadata database's max_connections: two sessions per running job and worker
     # thread, and the benchmarks', tests' and web's own.
     meta_connections: int = 200
+    # The niceness of the servers' processes (sshd and everything it starts, PostgreSQL).
+    # On one machine 200 clusters restarting at once would starve the controllers, which
+    # in a real fleet are machines of their own: the fleet yields, the controllers
+    # (workers, metadata database, broker) and a benchmark's by-hand clients run alike at
+    # the caller's priority.
+    fleet_nice: int = 0
 
 
 PROFILES = {
@@ -65,6 +71,7 @@ PROFILES = {
         worker_concurrency=64,
         controllers=2,
         meta_connections=400,
+        fleet_nice=19,
     ),
 }
 # Which environment variable overrides which field.
