@@ -57,6 +57,20 @@ def _label(obj: models.Model) -> str:
     return f"{obj._meta.verbose_name} {obj}"
 
 
+class ReadOnlyAdminMixin:
+    """Rows only ElepHaaS writes (jobs, campaigns, drills, DR pairs, gathered settings,
+    the audit trail): seen, never added, changed or deleted through the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 class AuditedActionsMixin:
     """Put before admin.ModelAdmin: `class JobAdmin(AuditedActionsMixin, admin.ModelAdmin)`."""
 

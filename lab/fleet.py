@@ -544,21 +544,62 @@ def boot_clusters(number: int) -> None:
                 say(f"srv{number}: {version}/{name} did not start: {exc}")
 
 
-def settle_fleet_priority(numbers: list[int]) -> int:
-    """Every process of these servers (sshd, hence whatever it starts later, and the
-    clusters `up` started) at PROFILE.fleet_nice; returns how many were changed."""
-    if not PROFILE.fleet_nice:
-        return 0
-    changed = 0
+CPUSETS = Path("/sys/fs/cgroup/cpuset")
+
+
+def cpuset(side: str) -> Path:
+    return CPUSETS / f"elephaas-lab-{PROFILE.name}-{side}"
+
+
+def split_cores(numbers: list[int]) -> dict[str, str]:
+    """PROFILE.split_cores: the fleet's processes (these servers') on the upper half of the
+    cores, the controllers' on the lower half; their children inherit it. Returns the
+    cores of each side ({} when not split: one core, or no cgroup v1 cpuset controller)."""
+    cores = os.cpu_count() or 1
+    if not PROFILE.split_cores or cores < 2:
+        return {}
+    if not (CPUSETS / "cpuset.cpus").exists():
+        say(f"no cpuset controller at {CPUSETS}: the fleet and the controllers share the cores")
+        return {}
+    half = cores // 2
+    sides = {"controllers": _cores(0, half - 1), "fleet": _cores(half, cores - 1)}
+    mems = (CPUSETS / "cpuset.mems").read_text().strip()
+    members = {"fleet": [], "controllers": []}
     for number in numbers:
-        for pid in server_ns(number).leftover_pids():
+        members["fleet"] += server_ns(number).leftover_pids()
+    from . import controller
+
+    started = [proc.running_from(pidfile) for _name, pidfile in services()]
+    started += meta_ns().leftover_pids()
+    for _name, holder in controller.running():
+        started += proc.pids_in_pid_namespace(holder)
+    members["controllers"] = proc.with_descendants([pid for pid in started if pid])
+    for side, cpus in sides.items():
+        group = cpuset(side)
+        group.mkdir(exist_ok=True)
+        (group / "cpuset.mems").write_text(f"{mems}\n")
+        (group / "cpuset.cpus").write_text(f"{cpus}\n")
+        for pid in members[side]:
             try:
-                if os.getpriority(os.PRIO_PROCESS, pid) < PROFILE.fleet_nice:
-                    os.setpriority(os.PRIO_PROCESS, pid, PROFILE.fleet_nice)
-                    changed += 1
-            except (ProcessLookupError, PermissionError):
+                (group / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
                 pass  # gone meanwhile
-    return changed
+    return sides
+
+
+def _cores(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def remove_cpusets() -> None:
+    """Their processes are gone at `down`: the cpusets go too."""
+    for side in ("fleet", "controllers"):
+        try:
+            cpuset(side).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            say(f"could not remove {cpuset(side)}: {exc}")
 
 
 def crash_server(number: int) -> list[int]:
@@ -1070,7 +1111,6 @@ def up(servers: int | None = None, worker: bool = True, jobs: int = 4) -> None:
 
         seconds = scale.build(max(numbers), jobs)
         say(f"scale fleet: {len(scale.layout(max(numbers)))} herds, built in {seconds:.1f}s")
-    settle_fleet_priority(numbers)
     if worker:
         restart_worker()
         restart_beat()
@@ -1078,6 +1118,9 @@ def up(servers: int | None = None, worker: bool = True, jobs: int = 4) -> None:
         others = restart_controllers()
         if others:
             say(f"other controllers, each a worker on a host of its own: {', '.join(others)}")
+    sides = split_cores(numbers)
+    if sides:
+        say(f"cores: the controllers on {sides['controllers']}, the fleet on {sides['fleet']}")
     UP_MARK.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     say(f"up in {time.monotonic() - started:.1f}s; state in {LAB_DIR} ({PROFILE.name} profile)")
     if PROFILE.name == "scale":
@@ -1127,6 +1170,7 @@ def down() -> None:
     left = leftovers()
     if left:
         raise LabError("still running after down: " + ", ".join(left))
+    remove_cpusets()
     say("down: no lab process is running")
 
 

@@ -172,6 +172,43 @@ def pids_in_namespace(ns: str) -> list[int]:
     return found
 
 
+def pids_in_pid_namespace(holder: int) -> list[int]:
+    """The host pids of every process in the PID namespace `holder` is in."""
+    try:
+        ns = os.readlink(f"/proc/{holder}/ns/pid")
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def with_descendants(pids: list[int]) -> list[int]:
+    """`pids` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return sorted(found)
+
+
 def in_namespace(holder_pid: int, argv: Sequence[str], user: str | None = None) -> list[str]:
     """An argv that runs `argv` inside the mount namespace held by `holder_pid`."""
     prefix = ["nsenter", f"--mount=/proc/{holder_pid}/ns/mnt", "--"]

@@ -46,12 +46,13 @@ class Profile:
     # The metadata database's max_connections: two sessions per running job and worker
     # thread, and the benchmarks', tests' and web's own.
     meta_connections: int = 200
-    # The niceness of the servers' processes (sshd and everything it starts, PostgreSQL).
-    # On one machine 200 clusters restarting at once would starve the controllers, which
-    # in a real fleet are machines of their own: the fleet yields, the controllers
-    # (workers, metadata database, broker) and a benchmark's by-hand clients run alike at
-    # the caller's priority.
-    fleet_nice: int = 0
+    # The machine's cores split in two, as if the fleet and the controllers were machines
+    # of their own: the servers' processes (sshd and all it starts, PostgreSQL) on the
+    # upper half, the controllers (workers, beat, metadata database, broker) on the lower
+    # (cgroup v1 cpusets). Shared, 200 clusters restarting at once starved the controllers
+    # (every SSH session is a scheduling group of its own, so nice does not help), and
+    # the controllers' CPU was taken from the restarts, which it is not on a real fleet.
+    split_cores: bool = False
 
 
 PROFILES = {
@@ -71,7 +72,7 @@ PROFILES = {
         worker_concurrency=64,
         controllers=2,
         meta_connections=400,
-        fleet_nice=19,
+        split_cores=True,
     ),
 }
 # Which environment variable overrides which field.

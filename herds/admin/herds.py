@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from elephaas.admin_security import AuditedActionsMixin
+from elephaas.admin_security import AuditedActionsMixin, ReadOnlyAdminMixin
 from herds import dns_records, endpoints
 from herds.admin import topology
 from herds.admin.refresh_dns import RefreshDNSActionMixin
@@ -369,7 +369,7 @@ class HerdAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
 
 
 @admin.register(DRPair)
-class DRPairAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
+class DRPairAdmin(ReadOnlyAdminMixin, AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
     """Every herd with a primary and at least one replica, as the original ElepHaaS listed.
 
     Read-only: DR candidates are acknowledged on the herd's page.
@@ -409,15 +409,6 @@ class DRPairAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
                 Prefetch("dr_candidates", queryset=candidates, to_attr="candidate_list"),
             )
         )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     @admin.display(description="herd", ordering="name")
     def herd_link(self, herd: Herd) -> str:
@@ -466,7 +457,7 @@ class DRPairAdmin(AuditedActionsMixin, DrillActionsMixin, admin.ModelAdmin):
 
 
 @admin.register(Drill)
-class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
+class DrillAdmin(ReadOnlyAdminMixin, AuditedActionsMixin, admin.ModelAdmin):
     """Past switchovers and failovers with the figures an auditor asks for."""
 
     list_display = (
@@ -499,15 +490,6 @@ class DrillAdmin(AuditedActionsMixin, admin.ModelAdmin):
         "data_lost",
         "split_brain",
     ]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         from herds.admin import site_drills

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.http import HttpRequest
 from django.utils.html import format_html
 
+from elephaas.admin_security import ReadOnlyAdminMixin
 from instances.admin.display import GREY, ORANGE, RED, badge
 from instances.choices import AuditVerb
 from instances.models import AuditEvent
@@ -72,7 +72,7 @@ class UsernameFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("at", "username", "remote", "verb_badge", "object_link", "message")
     list_display_links = ("at",)
     list_filter = ("verb", ObjectTypeFilter, UsernameFilter, "at")
@@ -97,16 +97,6 @@ class AuditEventAdmin(admin.ModelAdmin):
         "changes_table",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        # Only the retention prune deletes (instances.audit.prune).
-        return False
 
     @admin.display(description="what", ordering="verb")
     def verb_badge(self, event: AuditEvent) -> str:

@@ -18,7 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import re_path, reverse
 from django.utils import timezone
 
-from elephaas.admin_security import refuse
+from elephaas.admin_security import ReadOnlyAdminMixin, refuse
 from instances.admin.display import GREEN, GREY, ORANGE, RED, badge
 from instances.admin.jobs import state_badge
 from instances.audit import remote_addr
@@ -51,7 +51,7 @@ def campaign_badge(campaign: Campaign) -> str:
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "title",
@@ -104,15 +104,6 @@ class CampaignAdmin(admin.ModelAdmin):
     def wall_time(self, campaign: Campaign) -> str:
         end = campaign.finished_at or timezone.now()
         return wall_seconds((end - campaign.created_at).total_seconds())
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         own = [

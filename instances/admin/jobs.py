@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from elephaas.admin_security import AuditedActionsMixin
+from elephaas.admin_security import AuditedActionsMixin, ReadOnlyAdminMixin
 from instances.audit import record_request, remote_addr, username_of
 from instances.choices import AuditVerb
 from instances.jobs import campaigns
@@ -81,7 +81,7 @@ class JobStepInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
+class JobAdmin(ReadOnlyAdminMixin, AuditedActionsMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "kind",
@@ -168,16 +168,6 @@ class JobAdmin(AuditedActionsMixin, admin.ModelAdmin):
             },
         ),
     ]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # Jobs are the audit trail.
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="state", ordering="state")
     def state_colour(self, job: Job) -> str:

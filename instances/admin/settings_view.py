@@ -14,6 +14,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from elephaas.admin_security import ReadOnlyAdminMixin
 from instances.admin.display import GREY, ORANGE, RED, badge
 from instances.choices import Role
 from instances.models import Instance, InstanceSetting
@@ -38,7 +39,7 @@ class SettingNameFilter(admin.SimpleListFilter):
 
 
 @admin.register(InstanceSetting)
-class InstanceSettingAdmin(admin.ModelAdmin):
+class InstanceSettingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: what the fleet's instances run with, searchable as `name = value`."""
 
     list_display = (
@@ -67,15 +68,6 @@ class InstanceSettingAdmin(admin.ModelAdmin):
     list_select_related = ("instance__herd", "instance__server")
     list_per_page = 200
     ordering = ("name", "instance__herd__name", "instance__server__hostname")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         """With one parameter chosen (its filter, or a `name = value` search), a summary
