@@ -572,7 +572,7 @@ def split_cores(numbers: list[int]) -> dict[str, str]:
     started = [proc.running_from(pidfile) for _name, pidfile in services()]
     started += meta_ns().leftover_pids()
     for _name, holder in controller.running():
-        started += proc.pids_in_pid_namespace(holder)
+        started += controller.pids(holder)
     members["controllers"] = proc.with_descendants([pid for pid in started if pid])
     for side, cpus in sides.items():
         group = cpuset(side)

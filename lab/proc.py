@@ -172,23 +172,6 @@ def pids_in_namespace(ns: str) -> list[int]:
     return found
 
 
-def pids_in_pid_namespace(holder: int) -> list[int]:
-    """The host pids of every process in the PID namespace `holder` is in."""
-    try:
-        ns = os.readlink(f"/proc/{holder}/ns/pid")
-    except OSError:
-        return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 def with_descendants(pids: list[int]) -> list[int]:
     """`pids` and every process below them."""
     children: dict[int, list[int]] = {}

@@ -42,6 +42,7 @@ import pytest
 import redis
 from celery import Celery
 
+from instances.jobs.runner import worker_host
 from lab import fleet, state
 from tests.deploy.units import UNIT_DIR, Service
 
@@ -481,7 +482,8 @@ def test_it_serves_health_static_files_and_ldap_logins_and_runs_jobs(
     job_id = int(re.search(r"1 job\(s\) queued: #(\d+)", body).group(1))
     job_state, worker, summary, error = wait_for_job(job_id)
     assert job_state == "succeeded", error
-    assert worker == f"{HOST}:{worker_pid}"
+    # The packaged worker runs on this host: the same hostname, boot and PID namespace.
+    assert worker == f"{worker_host()}:{worker_pid}"
     assert query("SELECT requested_by_name FROM instances_job WHERE id = %s", (job_id,)) == [
         ("alice",)
     ]
