@@ -852,7 +852,14 @@ def _run_claimed(job_id: int) -> str:
 
 
 def run_inline(jobs: Sequence[Job]) -> list[Job]:
-    """Run jobs in this process (management commands): same lifecycle, no broker."""
-    for job in jobs:
-        execute(job.pk, task_id=job.task_id)
+    """Run jobs in this process (management commands): same lifecycle, no broker.
+
+    The jobs are marked handed over (sent_at) before each one runs, so that the outbox
+    sweep, which sends queued jobs nobody handed over, leaves those still waiting here
+    to this process instead of giving them to a worker."""
+    waiting = [job.pk for job in jobs]
+    while waiting:
+        Job.objects.filter(pk__in=waiting, state=JobState.QUEUED).update(sent_at=timezone.now())
+        job_id = waiting.pop(0)
+        execute(job_id, task_id=next(j.task_id for j in jobs if j.pk == job_id))
     return [Job.objects.get(pk=job.pk) for job in jobs]

@@ -127,3 +127,45 @@ def test_a_batch_queued_while_redis_hangs_answers_at_once_and_runs_exactly_once(
     queue.send_waiting()
     for job in jobs:
         ran_once(job)
+
+
+def test_the_outbox_leaves_jobs_run_in_this_process_to_it(lab_servers, settings):
+    """A management command runs its jobs itself (run_inline): while it works through
+    them, beat's outbox sweep, which sends queued jobs nobody handed over, must not give
+    the waiting ones to a worker; each runs here, once."""
+    import threading
+
+    from django.db import connection
+
+    from instances.jobs import runner
+    from tests.factories import make_environment
+    from tests.helpers import add_lab_server
+
+    settings.OUTBOX_AFTER = 0  # the sweep sends what was not handed over, at once
+    server = add_lab_server(lab_servers[0], make_environment("prod"))
+    jobs = queue.create_jobs(JobKind.CHECK_SERVER, [server] * 3, queue=False)
+    ids = [j.pk for j in jobs]
+    done = []
+
+    def command():
+        try:
+            done.extend(runner.run_inline(jobs))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    # (Between create_jobs and run_inline a command does nothing: OUTBOX_AFTER covers it.)
+    deadline = time.monotonic() + 30
+    started = Job.objects.filter(pk__in=ids).exclude(sent_at=None, state=JobState.QUEUED)
+    while not started.exists():
+        assert time.monotonic() < deadline, "run_inline did not begin"
+        time.sleep(0.005)
+    sent = 0
+    while thread.is_alive():
+        sent += queue.send_waiting()
+        time.sleep(0.02)
+    thread.join()
+    assert sent == 0
+    assert [j.state for j in done] == [JobState.SUCCEEDED] * 3, [j.error for j in done]
+    assert {j.worker for j in done} == {runner.worker_id()}  # this process ran each
