@@ -564,16 +564,17 @@ def split_cores(numbers: list[int]) -> dict[str, str]:
     half = cores // 2
     sides = {"controllers": _cores(0, half - 1), "fleet": _cores(half, cores - 1)}
     mems = (CPUSETS / "cpuset.mems").read_text().strip()
-    members = {"fleet": [], "controllers": []}
-    for number in numbers:
-        members["fleet"] += server_ns(number).leftover_pids()
     from . import controller
 
-    started = [proc.running_from(pidfile) for _name, pidfile in services()]
-    started += meta_ns().leftover_pids()
+    fleet = [pid for number in numbers for pid in server_ns(number).leftover_pids()]
+    controllers = [proc.running_from(pidfile) for _name, pidfile in services()]
+    controllers += meta_ns().leftover_pids()
     for _name, holder in controller.running():
-        started += controller.pids(holder)
-    members["controllers"] = proc.with_descendants([pid for pid in started if pid])
+        controllers += controller.pids(holder)
+    members = {
+        "fleet": fleet,
+        "controllers": proc.with_descendants([pid for pid in controllers if pid]),
+    }
     for side, cpus in sides.items():
         group = cpuset(side)
         group.mkdir(exist_ok=True)

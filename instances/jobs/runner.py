@@ -857,9 +857,8 @@ def run_inline(jobs: Sequence[Job]) -> list[Job]:
     The jobs are marked handed over (sent_at) before each one runs, so that the outbox
     sweep, which sends queued jobs nobody handed over, leaves those still waiting here
     to this process instead of giving them to a worker."""
-    waiting = [job.pk for job in jobs]
-    while waiting:
+    for number, job in enumerate(jobs):
+        waiting = [j.pk for j in jobs[number:]]
         Job.objects.filter(pk__in=waiting, state=JobState.QUEUED).update(sent_at=timezone.now())
-        job_id = waiting.pop(0)
-        execute(job_id, task_id=next(j.task_id for j in jobs if j.pk == job_id))
+        execute(job.pk, task_id=job.task_id)
     return [Job.objects.get(pk=job.pk) for job in jobs]

@@ -100,6 +100,23 @@ def manage(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(["elephaas-manage", *args], timeout=300, **kwargs)
 
 
+def add_server(server, *extra: str) -> None:
+    """A lab server in the package's inventory, its host key pinned, as the lab adds it."""
+    manage(
+        "add_server",
+        server.hostname,
+        "--environment",
+        "deploy-test",
+        "--port",
+        str(server.ssh_port),
+        "--user",
+        server.ssh_user,
+        "--fingerprint",
+        server.host_key_fingerprint,
+        *extra,
+    )
+
+
 def timed(timings: dict[str, float], name: str, started: float) -> None:
     timings[name] = round(time.monotonic() - started, 1)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -459,18 +476,7 @@ def test_it_serves_health_static_files_and_ldap_logins_and_runs_jobs(
     # A lab server added with its host key pinned, as the lab does, then discovered from
     # the admin: the confirmation page, then the job, run by the packaged worker.
     server = controller["servers"][0]
-    manage(
-        "add_server",
-        server.hostname,
-        "--environment",
-        "deploy-test",
-        "--port",
-        str(server.ssh_port),
-        "--user",
-        server.ssh_user,
-        "--fingerprint",
-        server.host_key_fingerprint,
-    )
+    add_server(server)
     [(server_id,)] = query(
         "SELECT id FROM instances_server WHERE hostname = %s", (server.hostname,)
     )
@@ -493,19 +499,7 @@ def test_two_workers_run_each_job_once(controller, celery_client) -> None:
     """A second worker on the same database and broker (a second controller); 20 jobs, each
     sent to the broker twice, as a resend or a broker hiccup would: every job runs once."""
     for server in controller["servers"][1:]:
-        manage(
-            "add_server",
-            server.hostname,
-            "--environment",
-            "deploy-test",
-            "--port",
-            str(server.ssh_port),
-            "--user",
-            server.ssh_user,
-            "--fingerprint",
-            server.host_key_fingerprint,
-            "--if-missing",
-        )
+        add_server(server, "--if-missing")
     second = Service(
         "elephaas-worker", LOGS / "second-worker.log", extra_args=["--hostname", "second@%h"]
     )
